@@ -1,0 +1,174 @@
+/*
+ * What the files of lib/ share. Nothing here is exported: the library is built with
+ * -fvisibility=hidden and only the CODE_CACHE_API functions of <code_cache.h> are visible.
+ *
+ * Layers, bottom up (DESIGN.md): os.c (system calls) < arch/ (instruction set) < meta.c (jemalloc
+ * arena) < maps.c (address-space map) < place.c (placement) < wx.c (W^X backend) < spans.c (free
+ * span index) < cache.c, chunk.c (the public API).
+ */
+#ifndef CODE_CACHE_INTERNAL_H
+#define CODE_CACHE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "code_cache.h"
+
+#define CACHE_DEFAULT_SIZE ((size_t)64 << 20)
+
+/* ---- os.c: every system call that touches the address space, so that tests can interpose
+ * on exactly these libc functions (mmap, munmap, mprotect, madvise). ---- */
+
+extern size_t os_page_size; /* set by os_init */
+void os_init(void);         /* idempotent, thread-safe */
+
+/* Reserves len bytes of PROT_NONE, MAP_NORESERVE address space at hint. With noreplace the
+ * kernel is asked for MAP_FIXED_NOREPLACE; the caller must still compare the returned address
+ * (kernels before 4.17, valgrind and emulators treat the flag as a hint). NULL + errno on
+ * failure. */
+void *os_reserve(void *hint, size_t len, bool noreplace);
+int os_release(void *addr, size_t len);           /* munmap: 0 or -1 + errno */
+int os_protect(void *addr, size_t len, int prot); /* mprotect: 0 or -1 + errno */
+int os_discard(void *addr, size_t len);           /* madvise(MADV_DONTNEED): 0 or -1 + errno */
+/* Takes the first-write faults of [addr, addr+len) in one call (MADV_POPULATE_WRITE, Linux 5.14).
+ * Returns 0, or -1 + errno; EINVAL means the kernel does not know the advice (harmless). */
+int os_populate(void *addr, size_t len);
+
+static inline uintptr_t align_up(uintptr_t x, uintptr_t a) { return (x + a - 1) & ~(a - 1); }
+static inline uintptr_t align_down(uintptr_t x, uintptr_t a) { return x & ~(a - 1); }
+
+/* ---- debug.c: CODE_CACHE_DEBUG=1 explanations on stderr. ---- */
+
+bool debug_enabled(void);
+void debug_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- arch/<arch>.c: the instruction set. ---- */
+
+extern const size_t arch_default_reach; /* direct call reach: x86-64 rel32 = 2 GiB */
+extern const uintptr_t arch_user_top;   /* first address above the user address space */
+extern const size_t arch_veneer_size;   /* bytes of one veneer, a multiple of its alignment */
+void arch_fill_trap(void *rw, size_t len); /* len bytes of trapping instructions */
+/* Writes at rw a veneer that, run at rx, jumps to target from anywhere. */
+void arch_write_veneer(void *rw, const void *rx, const void *target);
+void arch_flush_icache(void *rx, size_t len);
+
+/* True when a direct branch from every byte of [lo, hi) reaches every byte of [tlo, thi)
+ * with the given reach: every displacement d = t - x must satisfy -reach <= d <= reach - 1.
+ * No arithmetic here can wrap. */
+bool reach_covers(uintptr_t lo, uintptr_t hi, uintptr_t tlo, uintptr_t thi, size_t reach);
+
+/* ---- meta.c: the private jemalloc arena of a cache. ---- */
+
+struct meta {
+    unsigned arena; /* jemalloc arena index, from the process-wide pool */
+    size_t bytes;   /* usable bytes currently allocated through this meta */
+};
+
+int meta_open(struct meta *m); /* 0, or -1 + errno (ENOMEM) */
+void meta_close(struct meta *m);
+void *meta_alloc(struct meta *m, size_t size);  /* zeroed; NULL + ENOMEM */
+void *meta_grow(struct meta *m, void *p, size_t old_size, size_t new_size); /* NULL + ENOMEM,
+                                                                               p kept */
+void meta_free(struct meta *m, void *p, size_t size);
+/* Bytes jemalloc reports allocated in the arena (small + large), read through mallctl. */
+size_t meta_arena_allocated(const struct meta *m);
+
+/* ---- maps.c: the process address-space map, read once with bulk read(2). ---- */
+
+struct maps {
+    struct meta *meta;
+    char *text; /* the whole of /proc/self/maps */
+    size_t len, cap;
+    size_t count; /* mappings seen */
+};
+
+int maps_read(struct maps *maps, struct meta *meta); /* 0, or -1 + errno */
+void maps_release(struct maps *maps);
+
+struct maps_cursor {
+    const char *pos, *end;
+    uintptr_t prev_end; /* end of the previous mapping */
+    bool done;
+};
+
+void maps_cursor_init(struct maps_cursor *c, const struct maps *maps);
+/* The next gap, in increasing address order, between mappings: [*start, *end), including the
+ * gap below the first mapping (from 0) and above the last one (to arch_user_top). */
+bool maps_next_gap(struct maps_cursor *c, uintptr_t *start, uintptr_t *end);
+
+/* ---- place.c: choosing and claiming the region. ---- */
+
+struct place_request {
+    uintptr_t target_lo, target_hi; /* [lo, hi) every byte of the region must reach; hi == lo:
+                                       no target (anywhere) */
+    size_t reach;
+    size_t size; /* whole reservation, guard pages included, page multiple */
+};
+
+/* Reserves size bytes of PROT_NONE address space, verified to reach the targets. Returns the
+ * base, or NULL + errno (EINVAL, ERANGE, ENOMEM, or mmap's). */
+void *place_reserve(const struct place_request *req, struct meta *meta);
+
+/* ---- wx.c: the W^X backend (mprotect: one view, rw == rx). ---- */
+
+int wx_commit(struct code_cache *cache, uintptr_t addr, size_t len, bool dirty);
+int wx_seal(struct code_cache *cache, uintptr_t addr, size_t len);
+int wx_decommit(struct code_cache *cache, uintptr_t addr, size_t len, bool *released);
+
+/* ---- The cache and its chunks (cache.c, chunk.c, spans.c). ---- */
+
+enum chunk_state { CHUNK_OPEN = 1, CHUNK_SEALED = 2, CHUNK_FREED = 3 };
+
+struct veneers; /* chunk.c */
+
+struct code_chunk {
+    struct code_cache *cache;
+    uintptr_t base;         /* first byte (rw == rx in the mprotect backend) */
+    uint32_t pages;         /* length in pages */
+    uint32_t used;          /* bytes bumped from the low end */
+    uint32_t veneer_floor;  /* veneers occupy [veneer_floor, size) */
+    uint8_t state;          /* enum chunk_state */
+    struct veneers *veneers;
+    struct code_chunk *prev, *next; /* the cache's live list, or its recycled FIFO */
+};
+
+struct spans {
+    uint64_t *free_bits;  /* one bit per page below the bump pointer: 1 = free */
+    uint64_t *dirty_bits; /* 1 = freed page whose memory could not be discarded */
+    size_t words;
+    size_t hint; /* no free bit below word hint */
+};
+
+struct code_cache {
+    pthread_mutex_t lock;
+    struct meta meta;
+    uintptr_t map_base;  /* the whole reservation, guard pages included */
+    size_t map_size;
+    uintptr_t base;      /* usable region: [base, base + npages * page) */
+    size_t npages;
+    size_t bump;         /* pages handed out from the low end at least once */
+    uintptr_t target_lo, target_hi;
+    size_t reach;
+    const void *near;
+    struct spans spans;
+    struct code_chunk *live;               /* OPEN and SEALED chunks */
+    struct code_chunk *recycled_head;      /* FREED records, reused oldest first */
+    struct code_chunk *recycled_tail;
+    size_t free_pages, retired_pages, open_chunks, sealed_chunks;
+    size_t chunks_allocated;
+    size_t protection_changes; /* updated atomically: seal runs without the lock */
+};
+
+/* spans.c: the free-span index, a bitmap over the pages below the bump pointer, grown as the
+ * bump pointer advances (memory proportional to the part of the cache ever used). */
+int spans_init(struct spans *s, struct meta *m, size_t npages); /* 0, or -1 + ENOMEM */
+void spans_release(struct spans *s, struct meta *m);
+
+/* chunk.c: frees every chunk record, live and recycled (destroy). */
+void chunks_release_all(struct code_cache *cache);
+
+#endif /* CODE_CACHE_INTERNAL_H */
