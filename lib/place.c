@@ -1,0 +1,564 @@
+/*
+ * Placement: choosing and claiming the address space of a cache so that a direct branch from any
+ * of its bytes reaches every target (x86-64 call rel32: -2 GiB .. 2 GiB - 1).
+ *
+ * Nobody knows in advance where free space near the targets is: ASLR moves everything, and under
+ * valgrind a PIE executable sits at 0x108000, so looking only below the target fails. The steps
+ * (DESIGN.md, "Placement"):
+ *
+ *   1. The window: the addresses a region may cover and still reach every target, clipped to
+ *      [vm.mmap_min_addr, arch_user_top). Computed without any wrap-around.
+ *   2. Fast path: a few MAP_FIXED_NOREPLACE probes at random bases in the window. Most processes
+ *      are sparse, so a random spot is usually free and nothing needs to be parsed.
+ *   3. Slow path: read /proc/self/maps once, walk its gaps once (below and above the targets),
+ *      and pick a random fitting base, each base equally likely, so a gap is chosen in proportion
+ *      to the room it offers. With CODE_CACHE_NO_RANDOM=1 the fitting base nearest to the
+ *      targets is taken instead, and the probes are skipped: the layout is then reproducible.
+ *   4. Claim with MAP_FIXED_NOREPLACE and check what the kernel gave back before trusting it.
+ *
+ * Why MAP_FIXED_NOREPLACE: a plain hint is silently moved elsewhere when anything is in the way,
+ * and MAP_FIXED silently replaces whatever is there (another library's code, a thread stack).
+ * NOREPLACE maps exactly there or fails with EEXIST, so the map we read, which may be stale the
+ * moment it is read, never needs to be trusted: the kernel arbitrates.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* Random probes before reading the map. Each costs one mmap (~2 us); four fail together only in
+ * a window that is mostly full, which the scan handles better. */
+#define PLACE_PROBES 4
+
+/* Scans of the map. A scan fails to claim its pick only when another thread took the spot
+ * between our read and our mmap (or the kernel refused the spot for a reason the map does not
+ * show); each new scan sees the newcomer. A bound keeps a pathological race, or a kernel that
+ * refuses everything, from spinning forever: it ends in ENOMEM instead. */
+#define PLACE_ROUNDS 8
+
+/* Without a readable /proc (some chroots and containers) the probes are all we have. */
+#define PLACE_BLIND_ROUNDS 64
+
+/* Spots picked by a scan and then refused for a reason the map does not show are remembered so
+ * that the next scan avoids them (one per round at most), after the stack's room (below). */
+#define PLACE_MAX_EXCLUDED (1 + PLACE_ROUNDS)
+
+/* vm.mmap_min_addr when /proc/sys cannot be read: the kernel's usual default. */
+#define PLACE_DEFAULT_MIN_ADDR 65536
+
+/*
+ * The main thread's stack grows down from its top, up to RLIMIT_STACK. A cache placed in that
+ * room would cap the growth and turn a deep recursion into a crash, so the room counts as taken,
+ * for the probes and the scan alike. The kernel itself keeps at least 128 MiB below the stack
+ * free for this reason (the gap under its mmap_base), so counting that much takes nothing anyone
+ * else would get; more than 1 GiB (an unlimited stack, say) would forbid half a window for a
+ * stack that never grows that deep. The kernel's guard gap (stack_guard_gap, 1 MiB by default)
+ * comes on top.
+ */
+#define PLACE_STACK_ROOM_MIN ((size_t)128 << 20)
+#define PLACE_STACK_ROOM_MAX ((size_t)1 << 30)
+#define PLACE_STACK_GUARD    ((size_t)1 << 20)
+
+/*
+ * Whether this kernel honours MAP_FIXED_NOREPLACE (Linux 4.17+). Older kernels ignore unknown
+ * mmap flags, so the flag degrades to a hint; valgrind and some emulators do the same on an
+ * occupied address. Either way the result is a mapping somewhere else, never a clobbered one.
+ * Once seen, the whole process stops asking for the flag and uses plain hints, each result
+ * verified. Process-wide because the kernel (or the emulator) does not change under us.
+ */
+static atomic_bool place_noreplace_ignored;
+
+struct place_range {
+    uintptr_t lo, hi;
+};
+
+static pthread_once_t place_once = PTHREAD_ONCE_INIT;
+static uintptr_t place_floor;               /* lowest base, page aligned, at least a page */
+static struct place_range place_stack_room; /* empty when the stack top is unknown */
+static bool place_nearest_mode;             /* CODE_CACHE_NO_RANDOM=1 */
+
+/* The decimal number at p; false when there is none or it does not fit. */
+static bool place_parse_decimal(const char *p, uintptr_t *out)
+{
+    uintptr_t value = 0;
+    if (*p < '0' || *p > '9')
+        return false;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        uintptr_t digit = (uintptr_t)(*p - '0');
+        if (value > (UINTPTR_MAX - digit) / 10)
+            return false;
+        value = value * 10 + digit;
+    }
+    *out = value;
+    return true;
+}
+
+/* The start of a small /proc file, NUL-terminated; false when it cannot be read. */
+static bool place_read_proc(const char *path, char *buf, size_t size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, size - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    return true;
+}
+
+/* The top of the main thread's stack: field 28 (startstack) of /proc/self/stat, which is the
+ * same for every thread and never moves. 0 when unknown. */
+static uintptr_t place_stack_top(void)
+{
+    char buf[1024];
+    if (!place_read_proc("/proc/self/stat", buf, sizeof buf))
+        return 0;
+    /* Field 2, the command name in parentheses, may itself hold spaces and parentheses: count
+     * the fields from the last ')'. */
+    const char *p = strrchr(buf, ')');
+    for (int field = 2; p != NULL && field < 28; field++)
+        p = strchr(p + 1, ' ');
+    uintptr_t top;
+    return p != NULL && place_parse_decimal(p + 1, &top) ? top : 0;
+}
+
+/* What does not change during the life of the process, read once: vm.mmap_min_addr (the kernel
+ * refuses anything below it with EPERM), the stack's room, and CODE_CACHE_NO_RANDOM. Address 0
+ * is never a candidate even where mmap_min_addr is 0: a mapping at NULL would read as failure. */
+static void place_init(void)
+{
+    char buf[32];
+    uintptr_t min_addr;
+    if (!place_read_proc("/proc/sys/vm/mmap_min_addr", buf, sizeof buf) ||
+        !place_parse_decimal(buf, &min_addr) || min_addr > arch_user_top)
+        min_addr = PLACE_DEFAULT_MIN_ADDR;
+    if (min_addr < os_page_size)
+        min_addr = os_page_size;
+    place_floor = align_up(min_addr, os_page_size);
+
+    uintptr_t top = place_stack_top();
+    if (top != 0 && top < arch_user_top) {
+        size_t room = PLACE_STACK_ROOM_MIN;
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_STACK, &rl) == 0) {
+            if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > PLACE_STACK_ROOM_MAX)
+                room = PLACE_STACK_ROOM_MAX;
+            else if (rl.rlim_cur > room)
+                room = (size_t)rl.rlim_cur;
+        }
+        room += PLACE_STACK_GUARD;
+        place_stack_room.lo = top > room ? align_down(top - room, os_page_size) : 0;
+        place_stack_room.hi = align_up(top, os_page_size);
+    }
+
+    const char *v = getenv("CODE_CACHE_NO_RANDOM");
+    place_nearest_mode = v != NULL && *v != '\0' && strcmp(v, "0") != 0;
+}
+
+bool reach_covers(uintptr_t lo, uintptr_t hi, uintptr_t tlo, uintptr_t thi, size_t reach)
+{
+    /* An empty range reaches nothing. This also makes a caller's t + 1 that wrapped to 0 fail
+     * instead of passing vacuously. */
+    if (hi <= lo || thi <= tlo)
+        return false;
+    /* The largest displacement is from the first byte to the last target: (thi - 1) - lo must
+     * be at most reach - 1. Only computed when it is positive, so nothing wraps. */
+    if (thi > lo && thi - lo > reach)
+        return false;
+    /* The most negative is from the last byte to the first target: tlo - (hi - 1) must be at
+     * least -reach. */
+    if (hi - 1 > tlo && hi - 1 - tlo > reach)
+        return false;
+    return true;
+}
+
+/* ---- The state of one placement ---- */
+
+struct place {
+    const struct place_request *req;
+    uintptr_t lo, hi;  /* the window: the region must lie inside [lo, hi), page aligned */
+    uintptr_t last;    /* highest base: hi - size */
+    uint64_t rng;      /* splitmix64 state */
+    bool nearest;      /* CODE_CACHE_NO_RANDOM */
+    unsigned attempts; /* mmap calls made */
+    const char *how;   /* the phase that is running, for CODE_CACHE_DEBUG */
+    struct place_range excluded[PLACE_MAX_EXCLUDED];
+    unsigned nexcluded;
+    /* One scan: */
+    size_t gaps, gaps_in_window, gaps_fitting;
+    uint64_t choices; /* fitting bases seen so far (reservoir sampling) */
+    uintptr_t pick;
+    uintptr_t pick_distance;
+    bool found;
+};
+
+/*
+ * splitmix64: a cheap generator with a per-call state, so concurrent placements neither share a
+ * lock nor disturb the program's rand(). The multiplications are meant to wrap (they are a hash,
+ * not address arithmetic). Seeded from getrandom, or from the clock and a stack address when
+ * getrandom is not available; in nearest mode from a constant, so that even the fallback without
+ * /proc is reproducible.
+ */
+static uint64_t place_random(struct place *pl)
+{
+    uint64_t z = (pl->rng += 0x9e3779b97f4a7c15u);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    return z ^ (z >> 31);
+}
+
+static void place_seed(struct place *pl)
+{
+    if (pl->nearest) {
+        pl->rng = 0x636f646563616368u;
+        return;
+    }
+    if (getrandom(&pl->rng, sizeof pl->rng, GRND_NONBLOCK) == (ssize_t)sizeof pl->rng)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    pl->rng = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)(uintptr_t)&ts;
+}
+
+/* A uniformly chosen base in [lo, last], both page aligned. */
+static uintptr_t place_random_base(struct place *pl, uintptr_t lo, uintptr_t last)
+{
+    uint64_t bases = (last - lo) / os_page_size + 1;
+    return lo + (uintptr_t)(place_random(pl) % bases) * os_page_size;
+}
+
+/*
+ * The window of a region of req->size bytes. A byte x reaches target t when
+ * -reach <= t - x <= reach - 1, so the region's first byte must be at least thi - reach and its
+ * end at most tlo + reach + 1: room for 2 * reach + 1 - (thi - tlo) bytes. Each bound is computed
+ * only when it cannot wrap, and clipped to what mmap can give: [place_floor, arch_user_top).
+ * EINVAL when the size does not fit even in the unclipped window, ERANGE when it is the
+ * clipping (or page alignment) that leaves too little.
+ */
+static int place_window(struct place *pl)
+{
+    const struct place_request *req = pl->req;
+    const uintptr_t tlo = req->target_lo, thi = req->target_hi;
+    const size_t reach = req->reach, size = req->size;
+
+    if (thi < tlo || reach == 0 || reach > SIZE_MAX / 4 || thi - tlo > 2 * reach + 1 ||
+        size > 2 * reach + 1 - (thi - tlo)) {
+        errno = EINVAL;
+        return -1;
+    }
+    uintptr_t lo = thi > place_floor + reach ? thi - reach : place_floor;
+    uintptr_t hi =
+        tlo < arch_user_top && arch_user_top - tlo > reach + 1 ? tlo + reach + 1 : arch_user_top;
+    lo = align_up(lo, os_page_size);
+    hi = align_down(hi, os_page_size);
+    if (lo >= hi || hi - lo < size) {
+        errno = ERANGE;
+        return -1;
+    }
+    pl->lo = lo;
+    pl->hi = hi;
+    pl->last = hi - size;
+    return 0;
+}
+
+/* The final word on a region: inside the window and, independently, every byte in reach. */
+static bool place_fits(const struct place *pl, uintptr_t base)
+{
+    const struct place_request *req = pl->req;
+    return base % os_page_size == 0 && base >= pl->lo && base <= pl->last &&
+           reach_covers(base, base + req->size, req->target_lo, req->target_hi, req->reach);
+}
+
+static void place_exclude(struct place *pl, uintptr_t lo, uintptr_t hi)
+{
+    if (pl->nexcluded < PLACE_MAX_EXCLUDED && lo < hi)
+        pl->excluded[pl->nexcluded++] = (struct place_range){lo, hi};
+}
+
+static bool place_is_excluded(const struct place *pl, uintptr_t base)
+{
+    for (unsigned i = 0; i < pl->nexcluded; i++)
+        if (base < pl->excluded[i].hi && base + pl->req->size > pl->excluded[i].lo)
+            return true;
+    return false;
+}
+
+/* ---- The claim ---- */
+
+enum place_outcome {
+    PLACE_CLAIMED, /* *out is ours and in reach */
+    PLACE_TAKEN,   /* EEXIST: a mapping is in the way, and a fresh map shows it */
+    PLACE_REFUSED, /* refused for a reason a map may not show (see place_claim) */
+    PLACE_FAILED   /* an error that no other spot would avoid: errno */
+};
+
+static enum place_outcome place_claim(struct place *pl, uintptr_t base, void **out)
+{
+    const size_t size = pl->req->size;
+    bool noreplace = !atomic_load_explicit(&place_noreplace_ignored, memory_order_relaxed);
+    pl->attempts++;
+    void *p = os_reserve((void *)base, size, noreplace);
+    if (p == NULL) {
+        /* EEXIST: a mapping is there, usually one another thread made after our map was read;
+         * the next scan sees it. ENOMEM on one spot (the kernel refusing a range the map shows
+         * as free, or a map count limit) is worth another spot. Anything else (EPERM from a
+         * security module, EAGAIN...) will not get better elsewhere. */
+        if (errno == EEXIST)
+            return PLACE_TAKEN;
+        return errno == ENOMEM ? PLACE_REFUSED : PLACE_FAILED;
+    }
+
+    /* A mapping somewhere else. With NOREPLACE honoured that cannot happen, so the flag was
+     * ignored (kernel before 4.17, valgrind on an occupied spot, an emulator); with a plain hint
+     * it means the spot was taken. A hint gives no reason, and the map may not show one
+     * (valgrind refuses space it reserves without mapping it). */
+    bool moved = p != (void *)base;
+    if (moved && noreplace && !atomic_exchange(&place_noreplace_ignored, true))
+        debug_log(
+            "place: MAP_FIXED_NOREPLACE ignored (asked %#lx, got %p): plain hints from now on",
+            (unsigned long)base, p);
+
+    /* Whatever the kernel gave back is checked against the window before it is trusted. A
+     * region that landed elsewhere may still happen to be in reach (and clear of the stack's
+     * room): keep it then. Otherwise it is not ours to keep. */
+    if (place_fits(pl, (uintptr_t)p) && !(moved && place_is_excluded(pl, (uintptr_t)p))) {
+        *out = p;
+        return PLACE_CLAIMED;
+    }
+    /* munmap of a whole mapping we just made cannot fail: there is nothing to split. */
+    os_release(p, size);
+    return PLACE_REFUSED;
+}
+
+/* ---- The scan ---- */
+
+/* How far a region at base is from the targets: the distance between the centres. */
+static uintptr_t place_distance(const struct place *pl, uintptr_t base)
+{
+    const struct place_request *req = pl->req;
+    uintptr_t target = req->target_lo + (req->target_hi - req->target_lo) / 2;
+    uintptr_t centre = base + req->size / 2;
+    return centre > target ? centre - target : target - centre;
+}
+
+/* A free piece [lo, hi) of the window, outside every excluded spot: count its bases and let it
+ * compete for the pick. */
+static void place_consider(struct place *pl, uintptr_t lo, uintptr_t hi)
+{
+    const size_t size = pl->req->size;
+    lo = align_up(lo, os_page_size);
+    hi = align_down(hi, os_page_size);
+    if (lo >= hi || hi - lo < size)
+        return;
+    pl->gaps_fitting++;
+    uintptr_t last = hi - size;
+
+    if (pl->nearest) {
+        /* The base whose region is centred on the targets, clamped into this piece. */
+        uintptr_t target = pl->req->target_lo + (pl->req->target_hi - pl->req->target_lo) / 2;
+        uintptr_t ideal = target > size / 2 ? align_down(target - size / 2, os_page_size) : 0;
+        uintptr_t base = ideal < lo ? lo : ideal > last ? last : ideal;
+        uintptr_t distance = place_distance(pl, base);
+        if (!pl->found || distance < pl->pick_distance) {
+            pl->pick = base;
+            pl->pick_distance = distance;
+            pl->found = true;
+        }
+        return;
+    }
+
+    /* Reservoir sampling over bases: this piece replaces the pick with probability
+     * bases / (bases seen so far), which leaves every fitting base of the window equally
+     * likely after one pass, without storing the gaps. */
+    uint64_t bases = (last - lo) / os_page_size + 1;
+    pl->choices += bases;
+    if (place_random(pl) % pl->choices < bases) {
+        pl->pick = place_random_base(pl, lo, last);
+        pl->found = true;
+    }
+}
+
+/* Cuts the excluded spots out of [lo, hi). Spots before index `from` are known not to overlap. */
+static void place_consider_unexcluded(struct place *pl, uintptr_t lo, uintptr_t hi, unsigned from)
+{
+    for (unsigned i = from; i < pl->nexcluded; i++) {
+        const struct place_range *x = &pl->excluded[i];
+        if (x->hi <= lo || x->lo >= hi)
+            continue;
+        if (x->lo > lo)
+            place_consider_unexcluded(pl, lo, x->lo, i + 1);
+        if (x->hi < hi)
+            place_consider_unexcluded(pl, x->hi, hi, i + 1);
+        return;
+    }
+    place_consider(pl, lo, hi);
+}
+
+/* One pass over the gaps of a fresh map. Returns 0 (pl->found tells whether anything fits), or
+ * -1 + errno when the map cannot be read. */
+static int place_scan(struct place *pl, struct meta *meta)
+{
+    struct maps maps;
+    if (maps_read(&maps, meta) != 0)
+        return -1;
+    pl->gaps = pl->gaps_in_window = pl->gaps_fitting = 0;
+    pl->choices = 0;
+    pl->found = false;
+
+    struct maps_cursor cursor;
+    maps_cursor_init(&cursor, &maps);
+    uintptr_t start, end;
+    while (maps_next_gap(&cursor, &start, &end)) {
+        pl->gaps++;
+        if (end <= pl->lo)
+            continue;
+        if (start >= pl->hi)
+            break;
+        pl->gaps_in_window++;
+        place_consider_unexcluded(pl, start > pl->lo ? start : pl->lo, end < pl->hi ? end : pl->hi,
+                                  0);
+    }
+    if (pl->found)
+        debug_log("place: scan: %zu mappings, %zu gaps, %zu in the window, %zu fit: picked %#lx",
+                  maps.count, pl->gaps, pl->gaps_in_window, pl->gaps_fitting,
+                  (unsigned long)pl->pick);
+    else
+        debug_log("place: scan: %zu mappings, %zu gaps, %zu in the window, none fits", maps.count,
+                  pl->gaps, pl->gaps_in_window);
+    maps_release(&maps);
+    return 0;
+}
+
+/* ---- The whole placement ---- */
+
+static uint64_t place_clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The reservation with no target: anywhere the kernel likes, still PROT_NONE and NORESERVE. */
+static void *place_anywhere(const struct place_request *req)
+{
+    void *p = os_reserve(NULL, req->size, false);
+    if (p == NULL)
+        debug_log("place: %zu bytes anywhere: mmap failed (errno %d)", req->size, errno);
+    else
+        debug_log("place: %zu bytes anywhere: [%p, %#lx)", req->size, p,
+                  (unsigned long)((uintptr_t)p + req->size));
+    return p;
+}
+
+/* The fast path. A refused probe is not remembered: the map was not read, so the obstacle may
+ * well be a mapping the scan will see anyway, and the probe's spot may overlap a free gap that
+ * must stay eligible. Nearest mode skips the probes: they would make the layout depend on luck. */
+static enum place_outcome place_probe(struct place *pl, void **region)
+{
+    pl->how = "probe";
+    for (unsigned i = 0; i < PLACE_PROBES && !pl->nearest; i++) {
+        uintptr_t base = place_random_base(pl, pl->lo, pl->last);
+        if (place_is_excluded(pl, base))
+            continue;
+        enum place_outcome outcome = place_claim(pl, base, region);
+        if (outcome == PLACE_CLAIMED || outcome == PLACE_FAILED)
+            return outcome;
+    }
+    return PLACE_TAKEN;
+}
+
+/* The slow path: scan, claim the pick, and scan again when someone else got there first. */
+static enum place_outcome place_search(struct place *pl, struct meta *meta, void **region)
+{
+    pl->how = "scan";
+    unsigned rounds = PLACE_ROUNDS;
+    bool blind = false;
+    for (unsigned round = 0; round < rounds; round++) {
+        uintptr_t base;
+        bool scanned = !blind && place_scan(pl, meta) == 0;
+        if (scanned) {
+            if (!pl->found)
+                break;
+            base = pl->pick;
+        } else if (!blind && errno == ENOMEM) {
+            /* No memory for the map's text: no memory for a cache either. */
+            return PLACE_FAILED;
+        } else {
+            /* No readable /proc/self/maps (a chroot, a container without /proc): random probes
+             * are all that is left, so more of them. */
+            if (!blind)
+                debug_log("place: cannot read /proc/self/maps (errno %d): probing blind", errno);
+            blind = true;
+            pl->how = "blind probe";
+            rounds = PLACE_BLIND_ROUNDS;
+            base = place_random_base(pl, pl->lo, pl->last);
+            if (place_is_excluded(pl, base))
+                continue;
+        }
+        enum place_outcome outcome = place_claim(pl, base, region);
+        if (outcome == PLACE_CLAIMED || outcome == PLACE_FAILED)
+            return outcome;
+        /* The map showed this spot free and it was refused anyway: the next scan would pick it
+         * again (always, in nearest mode), so it is cut out of the gaps from now on. */
+        if (outcome == PLACE_REFUSED && scanned)
+            place_exclude(pl, base, base + pl->req->size);
+    }
+    errno = ENOMEM;
+    return PLACE_FAILED;
+}
+
+void *place_reserve(const struct place_request *req, struct meta *meta)
+{
+    os_init();
+    pthread_once(&place_once, place_init);
+    if (req->size == 0 || req->size % os_page_size != 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (req->target_hi == req->target_lo)
+        return place_anywhere(req);
+
+    struct place pl = {.req = req, .nearest = place_nearest_mode};
+    uint64_t started = debug_enabled() ? place_clock_ns() : 0;
+    if (place_window(&pl) != 0) {
+        debug_log("place: %zu bytes cannot reach [%#lx, %#lx) with reach %#zx: %s", req->size,
+                  (unsigned long)req->target_lo, (unsigned long)req->target_hi, req->reach,
+                  errno == EINVAL ? "larger than the window (EINVAL)"
+                                  : "the window clipped to user space is too small (ERANGE)");
+        return NULL;
+    }
+    debug_log("place: %zu bytes near [%#lx, %#lx), reach %#zx: window [%#lx, %#lx)%s", req->size,
+              (unsigned long)req->target_lo, (unsigned long)req->target_hi, req->reach,
+              (unsigned long)pl.lo, (unsigned long)pl.hi,
+              pl.nearest ? ", nearest base (CODE_CACHE_NO_RANDOM)" : "");
+    place_seed(&pl);
+    place_exclude(&pl, place_stack_room.lo, place_stack_room.hi);
+
+    void *region = NULL;
+    enum place_outcome outcome = place_probe(&pl, &region);
+    if (outcome != PLACE_CLAIMED && outcome != PLACE_FAILED)
+        outcome = place_search(&pl, meta, &region);
+
+    if (outcome == PLACE_CLAIMED) {
+        if (debug_enabled())
+            debug_log("place: claimed [%p, %#lx) by %s after %u attempt(s)%s in %lu us", region,
+                      (unsigned long)((uintptr_t)region + req->size), pl.how, pl.attempts,
+                      atomic_load(&place_noreplace_ignored) ? " (plain hints)" : "",
+                      (unsigned long)((place_clock_ns() - started) / 1000));
+        return region;
+    }
+    int saved = errno;
+    debug_log("place: failed after %u attempt(s) (%s): errno %d%s", pl.attempts, pl.how, saved,
+              saved == ENOMEM ? ", no free gap within reach" : "");
+    errno = saved;
+    return NULL;
+}

@@ -1,0 +1,231 @@
+/*
+ * Near placement through the public API: a cache created near a target lies within reach of it,
+ * wherever the target is (the test binary, libc, just above vm.mmap_min_addr, just below the top
+ * of the user address space), and the errors for impossible requests are the documented ones.
+ * Every reach is checked with an independent computation (test_reaches), not the library's.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "place_helpers.h"
+
+/* A function of the test binary itself. noinline and used: its address is the target. */
+static __attribute__((noinline, used)) int place_test_helper(int x)
+{
+    return x + 1;
+}
+
+/* Creates a cache near target and checks that every byte of it reaches target, that the library
+ * agrees, and that it does not claim to reach an address clearly out of reach. */
+static struct code_cache *create_near(const void *target, size_t size, size_t reach)
+{
+    struct code_cache_options opts = {.near = target, .size = size, .reach = reach};
+    struct code_cache *cache = code_cache_create(&opts);
+    cr_assert_not_null(cache, "create near %p: errno %d (%s)", target, errno, strerror(errno));
+
+    size_t r = reach ? reach : 2 * GiB;
+    struct test_region usable = test_cache_usable(cache);
+    struct test_region whole = test_cache_region(cache);
+    uintptr_t t = (uintptr_t)target;
+    cr_assert(test_reaches(usable.lo, usable.hi, t, r), "[%#lx, %#lx) does not reach %p",
+              (unsigned long)usable.lo, (unsigned long)usable.hi, target);
+    /* The placement promise covers the guard pages too (the window is for the reservation). */
+    cr_assert(test_reaches(whole.lo, whole.hi, t, r));
+    cr_assert(whole.lo >= test_mmap_min_addr() && whole.hi <= TEST_USER_TOP);
+    cr_assert(mapped_bytes((const void *)whole.lo, whole.hi - whole.lo) == whole.hi - whole.lo,
+              "the reservation is not mapped");
+    cr_assert(code_cache_reaches(cache, target));
+
+    /* Just out of reach on either side of the cache, when that address exists. */
+    uintptr_t beyond = usable.lo + r;
+    cr_assert(!test_reaches(usable.lo, usable.hi, beyond, r));
+    cr_assert(!code_cache_reaches(cache, (const void *)beyond));
+    if (usable.hi - 1 > r) {
+        uintptr_t below = usable.hi - 1 - r - 1;
+        cr_assert(!test_reaches(usable.lo, usable.hi, below, r));
+        cr_assert(!code_cache_reaches(cache, (const void *)below));
+    }
+    return cache;
+}
+
+Test(place, near_a_function_of_the_test_binary)
+{
+    struct code_cache *cache = create_near((const void *)place_test_helper, 0, 0);
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.reserved, 64 * MiB, "size 0 means 64 MiB, got %zu", st.reserved);
+    cr_assert_eq(st.near, (const void *)place_test_helper);
+    cr_assert_eq(st.reach, 2 * GiB);
+    code_cache_destroy(cache);
+}
+
+Test(place, near_a_function_of_libc)
+{
+    const void *target = (const void *)printf;
+    Dl_info info;
+    cr_assert(dladdr(target, &info) != 0 && strstr(info.dli_fname, "libc") != NULL,
+              "printf is not in libc here: %s", info.dli_fname);
+    code_cache_destroy(create_near(target, 4 * MiB, 0));
+}
+
+Test(place, near_an_address_just_above_mmap_min_addr)
+{
+    /* Nothing needs to be mapped at the target. Below it there is no room at all: the window
+     * is clipped at vm.mmap_min_addr, and "target - reach" must not wrap. */
+    uintptr_t target = test_mmap_min_addr() + 0x1234;
+    code_cache_destroy(create_near((const void *)target, 16 * MiB, 0));
+    code_cache_destroy(create_near((const void *)target, 1 * MiB, 64 * MiB));
+}
+
+Test(place, near_the_top_of_the_user_address_space)
+{
+    uintptr_t target = TEST_USER_TOP - 1 * MiB;
+    code_cache_destroy(create_near((const void *)target, 16 * MiB, 0));
+    code_cache_destroy(create_near((const void *)target, 1 * MiB, 64 * MiB));
+}
+
+Test(place, with_a_small_reach)
+{
+    code_cache_destroy(create_near((const void *)place_test_helper, 256 * 1024, 32 * MiB));
+}
+
+Test(place, lands_on_both_sides_of_the_target_at_random)
+{
+    /* In an empty area every fitting base is equally likely, so 16 placements that all land on
+     * the same side would happen once in 32768 runs. */
+    const size_t reach = 64 * MiB;
+    uintptr_t area = test_free_area(4 * reach);
+    uintptr_t target = area + 2 * reach + 0x123;
+    unsigned below = 0, above = 0;
+    uintptr_t first = 0;
+    bool moved = false;
+    for (int i = 0; i < 16; i++) {
+        struct code_cache *cache = create_near((const void *)target, 1 * MiB, reach);
+        struct test_region r = test_cache_region(cache);
+        if (r.hi <= target)
+            below++;
+        else if (r.lo > target)
+            above++;
+        if (i == 0)
+            first = r.lo;
+        else if (r.lo != first)
+            moved = true;
+        code_cache_destroy(cache);
+    }
+    cr_assert(below > 0 && above > 0, "below %u, above %u", below, above);
+    cr_assert(moved, "every placement chose %#lx", (unsigned long)first);
+}
+
+Test(place, fills_an_exact_window_to_the_byte)
+{
+    /* With target t and reach R the reservation may cover exactly [t + 1 - R, t + 1 + R). When
+     * t + 1 is page aligned, a cache of 2 R minus its two guard pages fits only there. */
+    const size_t reach = 16 * MiB, page = test_page_size();
+    uintptr_t area = test_free_area(4 * reach);
+    uintptr_t target = area + 2 * reach - 1;
+    struct code_cache *cache = create_near((const void *)target, 2 * reach - 2 * page, reach);
+    struct test_region r = test_cache_region(cache);
+    cr_assert_eq(r.lo, target + 1 - reach);
+    cr_assert_eq(r.hi, target + 1 + reach);
+    code_cache_destroy(cache);
+
+    /* One byte further and page alignment leaves one page too few: ERANGE. */
+    struct code_cache_options opts = {
+        .near = (const void *)(target + 1), .size = 2 * reach - 2 * page, .reach = reach};
+    errno = 0;
+    cr_assert_null(code_cache_create(&opts));
+    cr_assert_eq(errno, ERANGE, "errno %d", errno);
+}
+
+Test(place, size_larger_than_the_window_is_einval)
+{
+    struct code_cache_options opts = {.near = (const void *)place_test_helper, .size = 5 * GiB};
+    errno = 0;
+    cr_assert_null(code_cache_create(&opts));
+    cr_assert_eq(errno, EINVAL);
+
+    /* Exactly 2 * reach leaves no room for the guard pages. */
+    opts.size = 2 * 64 * MiB;
+    opts.reach = 64 * MiB;
+    errno = 0;
+    cr_assert_null(code_cache_create(&opts));
+    cr_assert_eq(errno, EINVAL);
+
+    opts.size = 1 * MiB;
+    opts.reach = 4 * GiB; /* more than rel32 can do */
+    errno = 0;
+    cr_assert_null(code_cache_create(&opts));
+    cr_assert_eq(errno, EINVAL);
+}
+
+Test(place, target_above_the_user_address_space_is_erange)
+{
+    /* [vsyscall] lives here on x86-64: mapped, but no user mapping can be within reach. */
+    struct code_cache_options opts = {.near = (const void *)0xffffffffff600000, .size = 1 * MiB};
+    errno = 0;
+    cr_assert_null(code_cache_create(&opts));
+    cr_assert_eq(errno, ERANGE, "errno %d", errno);
+
+    /* Top of the address space as an address: "target + reach" must not wrap either. */
+    opts.near = (const void *)UINTPTR_MAX;
+    errno = 0;
+    cr_assert_null(code_cache_create(&opts));
+    cr_assert(errno == ERANGE || errno == EINVAL, "errno %d", errno);
+}
+
+Test(place, near_null_places_anywhere)
+{
+    struct code_cache *cache = code_cache_create(NULL);
+    cr_assert_not_null(cache, "errno %d", errno);
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.reserved, 64 * MiB);
+    cr_assert_null(st.near);
+    struct test_region r = test_cache_region(cache);
+    cr_assert(mapped_bytes((const void *)r.lo, r.hi - r.lo) == r.hi - r.lo);
+    code_cache_destroy(cache);
+
+    struct code_cache_options opts = {.size = 3 * MiB + 1};
+    cache = code_cache_create(&opts);
+    cr_assert_not_null(cache, "errno %d", errno);
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.reserved, 3 * MiB + test_page_size(), "size rounds up to pages");
+    code_cache_destroy(cache);
+}
+
+Test(place, destroy_unmaps_the_reservation)
+{
+    struct code_cache *cache = create_near((const void *)place_test_helper, 1 * MiB, 0);
+    struct test_region r = test_cache_region(cache);
+    code_cache_destroy(cache);
+    char *left = test_maps_lines(r.lo, r.hi);
+    cr_assert_str_empty(left, "still mapped after destroy:\n%s", left);
+    free(left);
+}
+
+Test(place, never_in_the_room_the_main_stack_grows_into)
+{
+    /* The main thread's stack grows down from its [stack] mapping (up to RLIMIT_STACK, and the
+     * kernel keeps at least 128 MiB free below it for that). A target just below the stack, with
+     * a 64 MiB reach, leaves room only above the stack. */
+    FILE *f = fopen("/proc/self/maps", "r");
+    cr_assert_not_null(f);
+    char line[512];
+    unsigned long stack_lo = 0, stack_hi = 0;
+    while (fgets(line, sizeof line, f) != NULL)
+        if (strstr(line, " [stack]") != NULL)
+            cr_assert_eq(sscanf(line, "%lx-%lx", &stack_lo, &stack_hi), 2);
+    fclose(f);
+    cr_assert(stack_hi > stack_lo, "no [stack] line");
+    for (int i = 0; i < 8; i++) {
+        struct code_cache *cache = create_near((const void *)stack_lo, 1 * MiB, 64 * MiB);
+        struct test_region r = test_cache_region(cache);
+        cr_assert(r.lo >= stack_hi, "placed at %#lx, below the stack at %#lx", (unsigned long)r.lo,
+                  stack_lo);
+        code_cache_destroy(cache);
+    }
+}
