@@ -76,7 +76,8 @@ struct code_cache_stats {
     size_t open_chunks;       /* chunks in state OPEN */
     size_t sealed_chunks;     /* chunks in state SEALED */
     size_t chunks_allocated;  /* total code_cache_alloc successes since creation */
-    size_t protection_changes; /* mprotect calls made for this cache since creation */
+    size_t protection_changes; /* successful mprotect calls made for this cache since
+                                  creation (one per alloc, seal, free and reset) */
     size_t meta_bytes;        /* bytes of bookkeeping held in the cache's jemalloc arena */
     size_t reach;             /* the reach the cache was placed with, in bytes */
     const void *near;         /* the target the cache was placed near, or NULL */
@@ -130,7 +131,9 @@ CODE_CACHE_API int code_chunk_seal(struct code_chunk *chunk);
 
 /* Frees a chunk in any state: its pages become inaccessible (a stale call faults) and their
  * memory is given back; the span is reused once never-used space runs out. NULL is a no-op.
- * Freeing a chunk twice aborts the process with a message (while the record is still known). */
+ * Freeing a chunk twice, or after code_cache_reset, aborts the process with a message on standard
+ * error. This is detected as long as the chunk's record has not been reused for a new chunk:
+ * records of freed chunks are reused oldest first, and only once more than 16 are waiting. */
 CODE_CACHE_API void code_chunk_free(struct code_chunk *chunk);
 
 /* Where code in this chunk should branch to reach target: target itself when a direct branch

@@ -162,3 +162,136 @@ bool code_cache_reaches(const struct code_cache *cache, const void *target)
     return reach_covers(cache->base, cache->base + cache->npages * os_page_size, t, t + 1,
                         cache->reach);
 }
+
+struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
+{
+    if (cache == NULL || size == 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    const size_t page = os_page_size;
+    /* Checked before rounding, which could otherwise wrap. A chunk keeps byte offsets in 32 bits;
+     * no cache is that large (its size is bounded by twice the reach), but say so here. */
+    if (size > cache->npages * page || align_up(size, page) > UINT32_MAX) {
+        errno = ENOSPC;
+        return NULL;
+    }
+    size_t pages = align_up(size, page) / page;
+    size_t len = pages * page;
+
+    pthread_mutex_lock(&cache->lock);
+    size_t first;
+    bool fresh = pages <= cache->npages - cache->bump;
+    bool dirty = false;
+    if (fresh) {
+        first = cache->bump;
+        if (spans_reserve(&cache->spans, &cache->meta, cache->bump + pages) != 0)
+            goto fail;
+    } else {
+        first = spans_find(&cache->spans, pages);
+        if (first == SIZE_MAX) {
+            debug_log("alloc: no span of %zu pages left (%zu free in freed spans)", pages,
+                      cache->free_pages);
+            errno = ENOSPC;
+            goto fail;
+        }
+        dirty = spans_dirty(&cache->spans, first, pages);
+    }
+    struct code_chunk *chunk = chunks_record(cache);
+    if (chunk == NULL)
+        goto fail;
+    uintptr_t addr = cache->base + first * page;
+    if (wx_commit(cache, addr, len, dirty) != 0) {
+        int saved = errno;
+        chunks_unused(cache, chunk);
+        errno = saved;
+        goto fail;
+    }
+    if (fresh) {
+        cache->bump += pages;
+    } else {
+        spans_take(&cache->spans, first, pages);
+        cache->free_pages -= pages;
+    }
+    chunks_adopt(cache, chunk);
+    chunk->cache = cache;
+    chunk->base = addr;
+    chunk->pages = (uint32_t)pages;
+    chunk->used = 0;
+    chunk->veneer_floor = (uint32_t)len;
+    chunk->state = CHUNK_OPEN;
+    chunk->veneers = NULL;
+    cache->open_chunks++;
+    cache->chunks_allocated++;
+    pthread_mutex_unlock(&cache->lock);
+    return chunk;
+
+fail:
+    pthread_mutex_unlock(&cache->lock);
+    return NULL;
+}
+
+/*
+ * One protection change and one discard over everything the bump pointer ever passed, however
+ * many chunks there are. Retired spans are covered too: reset is where their release is retried.
+ */
+int code_cache_reset(struct code_cache *cache)
+{
+    if (cache == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    pthread_mutex_lock(&cache->lock);
+    size_t used = cache->bump;
+    if (used > 0) {
+        bool released;
+        if (wx_decommit(cache, cache->base, used * os_page_size, &released) != 0) {
+            pthread_mutex_unlock(&cache->lock);
+            return -1;
+        }
+        spans_clear(&cache->spans);
+        cache->retired_pages = 0;
+        if (released) {
+            cache->bump = 0;
+            cache->free_pages = 0;
+        } else {
+            /* The pages are inaccessible but keep their old code. They stay below the bump
+             * pointer as free, dirty spans, discarded again before anyone may write to them. */
+            debug_log("reset: madvise(MADV_DONTNEED) failed: %zu pages kept as dirty", used);
+            spans_put(&cache->spans, 0, used, true);
+            cache->free_pages = used;
+        }
+    }
+    chunks_free_all(cache);
+    pthread_mutex_unlock(&cache->lock);
+    return 0;
+}
+
+void code_cache_get_stats(const struct code_cache *cache, struct code_cache_stats *out)
+{
+    if (cache == NULL || out == NULL)
+        return;
+    /* The lock guards the counters, not the cache's identity: taking it does not change what a
+     * const cache means to the caller. */
+    struct code_cache *c = (struct code_cache *)cache;
+    const size_t page = os_page_size;
+    pthread_mutex_lock(&c->lock);
+    size_t live_pages = c->bump - c->free_pages - c->retired_pages;
+    *out = (struct code_cache_stats){
+        .base = c->base,
+        .reserved = c->npages * page,
+        .committed = live_pages * page,
+        .in_use = live_pages * page,
+        .free = (c->npages - c->bump + c->free_pages) * page,
+        .never_used = (c->npages - c->bump) * page,
+        .retired = c->retired_pages * page,
+        .open_chunks = c->open_chunks,
+        .sealed_chunks = c->sealed_chunks,
+        .chunks_allocated = c->chunks_allocated,
+        .protection_changes = __atomic_load_n(&c->protection_changes, __ATOMIC_RELAXED),
+        .meta_bytes = __atomic_load_n(&c->meta.bytes, __ATOMIC_RELAXED),
+        .reach = c->reach,
+        .near = c->near,
+    };
+    pthread_mutex_unlock(&c->lock);
+}

@@ -139,8 +139,9 @@ struct code_chunk {
 struct spans {
     uint64_t *free_bits;  /* one bit per page below the bump pointer: 1 = free */
     uint64_t *dirty_bits; /* 1 = freed page whose memory could not be discarded */
-    size_t words;
-    size_t hint; /* no free bit below word hint */
+    size_t words;         /* length of both bitmaps */
+    size_t max_words;     /* enough words for every page of the cache */
+    size_t hint;          /* no free bit below word hint */
 };
 
 struct code_cache {
@@ -158,17 +159,35 @@ struct code_cache {
     struct code_chunk *live;               /* OPEN and SEALED chunks */
     struct code_chunk *recycled_head;      /* FREED records, reused oldest first */
     struct code_chunk *recycled_tail;
+    size_t recycled_count;
     size_t free_pages, retired_pages, open_chunks, sealed_chunks;
     size_t chunks_allocated;
     size_t protection_changes; /* updated atomically: seal runs without the lock */
 };
 
 /* spans.c: the free-span index, a bitmap over the pages below the bump pointer, grown as the
- * bump pointer advances (memory proportional to the part of the cache ever used). */
+ * bump pointer advances (memory proportional to the part of the cache ever used). Pages are
+ * numbered from cache->base. The caller holds the cache's lock. */
 int spans_init(struct spans *s, struct meta *m, size_t npages); /* 0, or -1 + ENOMEM */
 void spans_release(struct spans *s, struct meta *m);
+/* Makes room for pages [0, npages), before the bump pointer passes them: 0, or -1 + ENOMEM. */
+int spans_reserve(struct spans *s, struct meta *m, size_t npages);
+/* The first page of the lowest run of n free pages (address-ordered first fit), or SIZE_MAX. */
+size_t spans_find(struct spans *s, size_t n);
+/* Marks [first, first + n) free; dirty when its memory could not be discarded. */
+void spans_put(struct spans *s, size_t first, size_t n, bool dirty);
+/* Marks [first, first + n) in use (and no longer dirty: the caller discarded it). */
+void spans_take(struct spans *s, size_t first, size_t n);
+bool spans_dirty(const struct spans *s, size_t first, size_t n); /* any page of the run dirty */
+void spans_clear(struct spans *s);                                /* nothing free, nothing dirty */
 
-/* chunk.c: frees every chunk record, live and recycled (destroy). */
-void chunks_release_all(struct code_cache *cache);
+/* chunk.c: chunk records. A record comes from the head of the recycled FIFO (oldest freed
+ * first, so a freed handle stays recognisable as long as possible) or from the arena. The caller
+ * holds the cache's lock. */
+struct code_chunk *chunks_record(struct code_cache *cache); /* not yet linked; NULL + ENOMEM */
+void chunks_adopt(struct code_cache *cache, struct code_chunk *chunk); /* record -> live list */
+void chunks_unused(struct code_cache *cache, struct code_chunk *chunk); /* undo chunks_record */
+void chunks_free_all(struct code_cache *cache); /* every live chunk -> FREED (reset) */
+void chunks_release_all(struct code_cache *cache); /* frees every record, live and recycled */
 
 #endif /* CODE_CACHE_INTERNAL_H */
