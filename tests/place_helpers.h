@@ -51,8 +51,8 @@ void test_crowd_release(struct test_crowd *crowd);
 /* The lines of /proc/self/maps that intersect [lo, hi), as one malloc'ed string. */
 char *test_maps_lines(uintptr_t lo, uintptr_t hi);
 
-/* Every anonymous PROT_NONE mapping of the process ("---p", no pathname): what a leaked
- * reservation of the library would look like. One malloc'ed string. */
-char *test_maps_reservations(void);
+/* Every anonymous PROT_NONE mapping of the process ("---p", no pathname) of exactly len bytes:
+ * what a leaked reservation of the library would look like. One malloc'ed string. */
+char *test_maps_reservations(size_t len);
 
 #endif /* PLACE_HELPERS_H */
