@@ -65,22 +65,22 @@ struct code_cache_options {
 
 /* Counters of one cache; a consistent snapshot taken under the cache's lock. */
 struct code_cache_stats {
-    uintptr_t base;           /* first usable byte of the region (after the low guard page) */
-    size_t reserved;          /* usable bytes of address space (guard pages excluded) */
-    size_t committed;         /* bytes backed by memory: OPEN and SEALED chunks */
-    size_t in_use;            /* bytes of OPEN and SEALED chunks, same as committed */
-    size_t free;              /* bytes that can still be handed out (never used + freed spans) */
-    size_t never_used;        /* bytes above the bump pointer, never handed out yet */
-    size_t retired;           /* bytes of freed chunks that could not be released (a system call
-                                 failed): not reused until the next reset */
-    size_t open_chunks;       /* chunks in state OPEN */
-    size_t sealed_chunks;     /* chunks in state SEALED */
-    size_t chunks_allocated;  /* total code_cache_alloc successes since creation */
+    uintptr_t base;            /* first usable byte of the region (after the low guard page) */
+    size_t reserved;           /* usable bytes of address space (guard pages excluded) */
+    size_t committed;          /* bytes backed by memory: OPEN and SEALED chunks */
+    size_t in_use;             /* bytes of OPEN and SEALED chunks, same as committed */
+    size_t free;               /* bytes that can still be handed out (never used + freed spans) */
+    size_t never_used;         /* bytes above the bump pointer, never handed out yet */
+    size_t retired;            /* bytes of freed chunks that could not be released (a system call
+                                  failed): not reused until the next reset */
+    size_t open_chunks;        /* chunks in state OPEN */
+    size_t sealed_chunks;      /* chunks in state SEALED */
+    size_t chunks_allocated;   /* total code_cache_alloc successes since creation */
     size_t protection_changes; /* successful mprotect calls made for this cache since
                                   creation (one per alloc, seal, free and reset) */
-    size_t meta_bytes;        /* bytes of bookkeeping held in the cache's jemalloc arena */
-    size_t reach;             /* the reach the cache was placed with, in bytes */
-    const void *near;         /* the target the cache was placed near, or NULL */
+    size_t meta_bytes;         /* bytes of bookkeeping held in the cache's jemalloc arena */
+    size_t reach;              /* the reach the cache was placed with, in bytes */
+    const void *near;          /* the target the cache was placed near, or NULL */
 };
 
 /* Reserves a cache within reach of opts->near (NULL opts: all defaults). Returns NULL and sets

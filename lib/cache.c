@@ -130,7 +130,7 @@ fail_map:
     os_release(map, map_size);
 fail_cache:
     meta_free(&cache->meta, cache, sizeof *cache);
-fail_meta: {
+fail_meta : {
     int saved = errno;
     meta_close(&meta);
     errno = saved;

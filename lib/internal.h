@@ -38,8 +38,14 @@ int os_discard(void *addr, size_t len);           /* madvise(MADV_DONTNEED): 0 o
  * Returns 0, or -1 + errno; EINVAL means the kernel does not know the advice (harmless). */
 int os_populate(void *addr, size_t len);
 
-static inline uintptr_t align_up(uintptr_t x, uintptr_t a) { return (x + a - 1) & ~(a - 1); }
-static inline uintptr_t align_down(uintptr_t x, uintptr_t a) { return x & ~(a - 1); }
+static inline uintptr_t align_up(uintptr_t x, uintptr_t a)
+{
+    return (x + a - 1) & ~(a - 1);
+}
+static inline uintptr_t align_down(uintptr_t x, uintptr_t a)
+{
+    return x & ~(a - 1);
+}
 
 /* ---- debug.c: CODE_CACHE_DEBUG=1 explanations on stderr. ---- */
 
@@ -48,9 +54,9 @@ void debug_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- arch/<arch>.c: the instruction set. ---- */
 
-extern const size_t arch_default_reach; /* direct call reach: x86-64 rel32 = 2 GiB */
-extern const uintptr_t arch_user_top;   /* first address above the user address space */
-extern const size_t arch_veneer_size;   /* bytes of one veneer, a multiple of its alignment */
+extern const size_t arch_default_reach;    /* direct call reach: x86-64 rel32 = 2 GiB */
+extern const uintptr_t arch_user_top;      /* first address above the user address space */
+extern const size_t arch_veneer_size;      /* bytes of one veneer, a multiple of its alignment */
 void arch_fill_trap(void *rw, size_t len); /* len bytes of trapping instructions */
 /* Writes at rw a veneer that, run at rx, jumps to target from anywhere. */
 void arch_write_veneer(void *rw, const void *rx, const void *target);
@@ -70,7 +76,7 @@ struct meta {
 
 int meta_open(struct meta *m); /* 0, or -1 + errno (ENOMEM) */
 void meta_close(struct meta *m);
-void *meta_alloc(struct meta *m, size_t size);  /* zeroed; NULL + ENOMEM */
+void *meta_alloc(struct meta *m, size_t size); /* zeroed; NULL + ENOMEM */
 void *meta_grow(struct meta *m, void *p, size_t old_size, size_t new_size); /* NULL + ENOMEM,
                                                                                p kept */
 void meta_free(struct meta *m, void *p, size_t size);
@@ -127,11 +133,11 @@ struct veneers; /* chunk.c */
 
 struct code_chunk {
     struct code_cache *cache;
-    uintptr_t base;         /* first byte (rw == rx in the mprotect backend) */
-    uint32_t pages;         /* length in pages */
-    uint32_t used;          /* bytes bumped from the low end */
-    uint32_t veneer_floor;  /* veneers occupy [veneer_floor, size) */
-    uint8_t state;          /* enum chunk_state */
+    uintptr_t base;        /* first byte (rw == rx in the mprotect backend) */
+    uint32_t pages;        /* length in pages */
+    uint32_t used;         /* bytes bumped from the low end */
+    uint32_t veneer_floor; /* veneers occupy [veneer_floor, size) */
+    uint8_t state;         /* enum chunk_state */
     struct veneers *veneers;
     struct code_chunk *prev, *next; /* the cache's live list, or its recycled FIFO */
 };
@@ -147,17 +153,17 @@ struct spans {
 struct code_cache {
     pthread_mutex_t lock;
     struct meta meta;
-    uintptr_t map_base;  /* the whole reservation, guard pages included */
+    uintptr_t map_base; /* the whole reservation, guard pages included */
     size_t map_size;
-    uintptr_t base;      /* usable region: [base, base + npages * page) */
+    uintptr_t base; /* usable region: [base, base + npages * page) */
     size_t npages;
-    size_t bump;         /* pages handed out from the low end at least once */
+    size_t bump; /* pages handed out from the low end at least once */
     uintptr_t target_lo, target_hi;
     size_t reach;
     const void *near;
     struct spans spans;
-    struct code_chunk *live;               /* OPEN and SEALED chunks */
-    struct code_chunk *recycled_head;      /* FREED records, reused oldest first */
+    struct code_chunk *live;          /* OPEN and SEALED chunks */
+    struct code_chunk *recycled_head; /* FREED records, reused oldest first */
     struct code_chunk *recycled_tail;
     size_t recycled_count;
     size_t free_pages, retired_pages, open_chunks, sealed_chunks;
@@ -179,15 +185,15 @@ void spans_put(struct spans *s, size_t first, size_t n, bool dirty);
 /* Marks [first, first + n) in use (and no longer dirty: the caller discarded it). */
 void spans_take(struct spans *s, size_t first, size_t n);
 bool spans_dirty(const struct spans *s, size_t first, size_t n); /* any page of the run dirty */
-void spans_clear(struct spans *s);                                /* nothing free, nothing dirty */
+void spans_clear(struct spans *s);                               /* nothing free, nothing dirty */
 
 /* chunk.c: chunk records. A record comes from the head of the recycled FIFO (oldest freed
  * first, so a freed handle stays recognisable as long as possible) or from the arena. The caller
  * holds the cache's lock. */
 struct code_chunk *chunks_record(struct code_cache *cache); /* not yet linked; NULL + ENOMEM */
-void chunks_adopt(struct code_cache *cache, struct code_chunk *chunk); /* record -> live list */
+void chunks_adopt(struct code_cache *cache, struct code_chunk *chunk);  /* record -> live list */
 void chunks_unused(struct code_cache *cache, struct code_chunk *chunk); /* undo chunks_record */
-void chunks_free_all(struct code_cache *cache); /* every live chunk -> FREED (reset) */
+void chunks_free_all(struct code_cache *cache);    /* every live chunk -> FREED (reset) */
 void chunks_release_all(struct code_cache *cache); /* frees every record, live and recycled */
 
 #endif /* CODE_CACHE_INTERNAL_H */
