@@ -16,6 +16,7 @@
 #include <code_cache.h>
 
 #include "json.h"
+#include "techempower.h"
 #include "jsonjit_check.h"
 
 #define FN(f) ((const void *)(uintptr_t)(f))
@@ -25,32 +26,6 @@ static size_t scaled(size_t native, size_t under_valgrind)
 {
     return RUNNING_ON_VALGRIND ? under_valgrind : native;
 }
-
-/* ---- The TechEmpower objects ---- */
-
-struct hello {
-    const char *message;
-};
-
-static const struct json_field hello_fields[] = {
-    {.name = "message", .offset = offsetof(struct hello, message), .type = JT_STRING},
-};
-
-static struct json_schema hello_schema = {
-    .name = "hello", .size = sizeof(struct hello), .nfields = 1, .fields = hello_fields};
-
-struct world {
-    int32_t id;
-    int32_t random_number;
-};
-
-static const struct json_field world_fields[] = {
-    {.name = "id", .offset = offsetof(struct world, id), .type = JT_INT32},
-    {.name = "randomNumber", .offset = offsetof(struct world, random_number), .type = JT_INT32},
-};
-
-static struct json_schema world_schema = {
-    .name = "world", .size = sizeof(struct world), .nfields = 2, .fields = world_fields};
 
 /* ---- A struct with every type, a nested object and a tree ---- */
 

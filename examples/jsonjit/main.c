@@ -12,32 +12,7 @@
 #include <code_cache.h>
 
 #include "json.h"
-
-/* TechEmpower's "json" test: {"message":"Hello, World!"}. */
-struct hello {
-    const char *message;
-};
-
-static const struct json_field hello_fields[] = {
-    {.name = "message", .offset = offsetof(struct hello, message), .type = JT_STRING},
-};
-
-static struct json_schema hello_schema = {
-    .name = "hello", .size = sizeof(struct hello), .nfields = 1, .fields = hello_fields};
-
-/* TechEmpower's "queries" test: an array of World rows {"id":int,"randomNumber":int}. */
-struct world {
-    int32_t id;
-    int32_t random_number;
-};
-
-static const struct json_field world_fields[] = {
-    {.name = "id", .offset = offsetof(struct world, id), .type = JT_INT32},
-    {.name = "randomNumber", .offset = offsetof(struct world, random_number), .type = JT_INT32},
-};
-
-static struct json_schema world_schema = {
-    .name = "world", .size = sizeof(struct world), .nfields = 2, .fields = world_fields};
+#include "techempower.h"
 
 /* The same rows compiled with helper calls through a register, to measure what call rel32
  * itself is worth. */
