@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "fault.h"
+#include "helpers.h"
 
 static struct {
     enum fault_call call;
@@ -51,17 +52,10 @@ unsigned fault_failures(void)
     return __atomic_load_n(&failures, __ATOMIC_SEQ_CST);
 }
 
-static bool from_library(const void *ret)
-{
-    Dl_info info;
-    return dladdr(ret, &info) != 0 && info.dli_fname != NULL &&
-           strstr(info.dli_fname, "libcodecache") != NULL;
-}
-
 /* Counts a call from the library and decides whether it fails; sets errno when it does. */
 static bool fault_hit(enum fault_call call, int arg, const void *ret)
 {
-    if (!from_library(ret))
+    if (!test_called_from_library(ret))
         return false;
     __atomic_fetch_add(&calls[call], 1, __ATOMIC_SEQ_CST);
     if (!__atomic_load_n(&rule.armed, __ATOMIC_SEQ_CST) || rule.call != call ||

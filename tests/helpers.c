@@ -23,6 +23,16 @@ __attribute__((noinline)) int helper_triple(int x)
     return 3 * x + 1;
 }
 
+bool test_called_from_library(const void *caller)
+{
+    Dl_info info;
+    if (dladdr(caller, &info) == 0 || info.dli_fname == NULL)
+        return false;
+    const char *name = strrchr(info.dli_fname, '/');
+    name = name != NULL ? name + 1 : info.dli_fname;
+    return strncmp(name, "libcodecache.so", strlen("libcodecache.so")) == 0;
+}
+
 size_t test_page_size(void)
 {
     return (size_t)sysconf(_SC_PAGESIZE);

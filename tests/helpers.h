@@ -19,6 +19,11 @@ typedef int (*jit_fn)(void);
 
 size_t test_page_size(void);
 
+/* True when caller (a return address) lies in the shared libcodecache itself, judged by the
+ * file name of the object, not its directory: a build tree may be called libcodecache-0.1.0.
+ * The interposers of mmap, mprotect, open... use it to act on the library's calls only. */
+bool test_called_from_library(const void *caller);
+
 /* True when running under valgrind (loops are shortened there). */
 bool test_under_valgrind(void);
 

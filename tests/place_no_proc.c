@@ -16,6 +16,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "helpers.h"
 #include "place_helpers.h"
 
 #define REACH      (64 * MiB)
@@ -23,16 +24,9 @@
 
 static atomic_uint proc_opens_refused;
 
-static bool from_library(const void *caller)
-{
-    Dl_info info;
-    return dladdr(caller, &info) != 0 && info.dli_fname != NULL &&
-           strstr(info.dli_fname, "libcodecache") != NULL;
-}
-
 static int open_or_refuse(const void *caller, const char *path, int flags, mode_t mode)
 {
-    if (strncmp(path, "/proc/", 6) == 0 && from_library(caller)) {
+    if (strncmp(path, "/proc/", 6) == 0 && test_called_from_library(caller)) {
         atomic_fetch_add(&proc_opens_refused, 1);
         errno = ENOENT;
         return -1;

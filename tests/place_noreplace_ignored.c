@@ -17,6 +17,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "helpers.h"
 #include "place_helpers.h"
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -31,16 +32,9 @@ static atomic_uint hint_calls;       /* the library passed a plain, non-NULL hin
 static atomic_uint moved;            /* a mapping landed elsewhere than asked */
 static atomic_int live_reservations; /* library mappings not unmapped yet */
 
-static bool from_library(const void *caller)
-{
-    Dl_info info;
-    return dladdr(caller, &info) != 0 && info.dli_fname != NULL &&
-           strstr(info.dli_fname, "libcodecache") != NULL;
-}
-
 void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t offset)
 {
-    bool ours = from_library(__builtin_return_address(0));
+    bool ours = test_called_from_library(__builtin_return_address(0));
     if (ours) {
         if (flags & MAP_FIXED_NOREPLACE)
             atomic_fetch_add(&noreplace_calls, 1);
@@ -62,7 +56,7 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t offset)
 
 int munmap(void *addr, size_t len)
 {
-    bool ours = from_library(__builtin_return_address(0));
+    bool ours = test_called_from_library(__builtin_return_address(0));
     long r = syscall(SYS_munmap, addr, len);
     /* The library unmaps only whole reservations of its own (placement misses and destroy). */
     if (r == 0 && ours)
