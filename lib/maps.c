@@ -1,12 +1,16 @@
 /*
- * The process address-space map, as the kernel prints it in /proc/self/maps: read whole into one
- * buffer, then walked once, gap by gap, in increasing address order.
+ * The process address-space map, as the kernel prints it in /proc/self/maps: streamed once, in
+ * increasing address order, gap by gap, through one fixed buffer.
  *
- * Why a bulk read: the cost of the file is the kernel formatting it (~210 ns a line, FACTS.md),
- * and each read(2) returns at most a page of it. Reading it once into a growing buffer pays that
- * cost exactly once per scan. A line-by-line fgets that rewinds on every conflict (the original
- * blog post) pays it again for every candidate (FACTS.md: 4.1 s at 10,000 mappings, against
- * 1.9 ms for one read and one pass).
+ * Why bulk reads in one pass: the cost of the file is the kernel formatting it (~210 ns a line,
+ * FACTS.md), and each read(2) returns at most a page of it. Walking it once pays that cost once
+ * per scan. A line-by-line fgets that rewinds on every conflict (the original blog post) pays it
+ * again for every candidate (FACTS.md: 4.1 s at 10,000 mappings, against 1.9 ms for one pass).
+ *
+ * Why a fixed buffer rather than the whole file: the walk only needs the current line, so a
+ * buffer that grows to the size of the file (megabytes at 60,000 mappings) would be copied and
+ * zeroed for nothing; and a scan that has passed the top of its window stops there, so the
+ * kernel never formats the rest of the file.
  *
  * The buffer lives in the cache's jemalloc arena (meta.c), like all of the library's bookkeeping,
  * so that a program linking the library keeps its own malloc untouched.
@@ -19,78 +23,74 @@
 
 #include "internal.h"
 
-/* A process with a few dozen mappings fits in the first buffer; bigger ones double it. */
-#define MAPS_FIRST_CAPACITY ((size_t)16 << 10)
+/* Many pages of lines per refill; a line is at most ~4.2 KiB (a PATH_MAX path), so it fits. */
+#define MAPS_BUFFER ((size_t)64 << 10)
 
-int maps_read(struct maps *maps, struct meta *meta)
+int maps_open(struct maps *maps, struct meta *meta)
 {
-    *maps = (struct maps){.meta = meta};
-    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    *maps = (struct maps){.meta = meta, .fd = -1};
+    maps->fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (maps->fd < 0)
         return -1;
-    size_t cap = MAPS_FIRST_CAPACITY, len = 0;
-    char *text = meta_alloc(meta, cap);
-    if (text == NULL)
-        goto fail_fd;
+    maps->buf = meta_alloc(meta, MAPS_BUFFER);
+    if (maps->buf == NULL) {
+        close(maps->fd);
+        maps->fd = -1;
+        errno = ENOMEM;
+        return -1;
+    }
+    return 0;
+}
 
-    /* The kernel formats the file a page at a time, so one read(2) per page is the least it
-     * takes; the loop ends at end of file. The lines of separate reads are not one atomic
-     * snapshot (another thread may map or unmap meanwhile), but they stay sorted, and placement
-     * verifies every claim with the kernel anyway. */
+void maps_close(struct maps *maps)
+{
+    if (maps->buf != NULL)
+        meta_free(maps->meta, maps->buf, MAPS_BUFFER);
+    if (maps->fd >= 0)
+        close(maps->fd);
+    maps->buf = NULL;
+    maps->fd = -1;
+}
+
+/*
+ * The next line, without its newline, as [*line, *eol). Refills the buffer when no whole line
+ * is left: the partial line moves to the front and read(2) appends after it. The lines of
+ * separate reads are not one atomic snapshot (another thread may map or unmap meanwhile), but
+ * they stay sorted, and placement verifies every claim with the kernel anyway.
+ */
+static bool maps_next_line(struct maps *m, const char **line, const char **eol)
+{
     for (;;) {
-        if (len == cap) {
-            char *bigger = meta_grow(meta, text, cap, 2 * cap);
-            if (bigger == NULL)
-                goto fail_text;
-            text = bigger;
-            cap *= 2;
+        char *start = m->buf + m->pos;
+        char *nl = memchr(start, '\n', m->len - m->pos);
+        if (nl != NULL || (m->eof && m->pos < m->len)) {
+            *line = start;
+            *eol = nl != NULL ? nl : m->buf + m->len;
+            m->pos = (size_t)(*eol - m->buf) + (nl != NULL);
+            return true;
         }
-        ssize_t n = read(fd, text + len, cap - len);
+        if (m->eof || m->error != 0)
+            return false;
+        size_t rest = m->len - m->pos;
+        if (rest == MAPS_BUFFER) {
+            /* A line longer than the buffer: the kernel prints none, so the file is not what we
+             * think it is. */
+            m->error = EOVERFLOW;
+            return false;
+        }
+        memmove(m->buf, start, rest);
+        m->pos = 0;
+        m->len = rest;
+        ssize_t n = read(m->fd, m->buf + m->len, MAPS_BUFFER - m->len);
         if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            goto fail_text;
+            if (errno != EINTR)
+                m->error = errno;
+            continue;
         }
         if (n == 0)
-            break;
-        len += (size_t)n;
+            m->eof = true;
+        m->len += (size_t)n;
     }
-    close(fd);
-
-    maps->text = text;
-    maps->len = len;
-    maps->cap = cap;
-    for (const char *p = text; (p = memchr(p, '\n', (size_t)(text + len - p))) != NULL; p++)
-        maps->count++;
-    return 0;
-
-fail_text : {
-    int saved = errno;
-    meta_free(meta, text, cap);
-    errno = saved;
-}
-fail_fd : {
-    int saved = errno;
-    close(fd);
-    errno = saved;
-}
-    return -1;
-}
-
-void maps_release(struct maps *maps)
-{
-    if (maps->text != NULL)
-        meta_free(maps->meta, maps->text, maps->cap);
-    maps->text = NULL;
-    maps->len = maps->cap = 0;
-}
-
-void maps_cursor_init(struct maps_cursor *c, const struct maps *maps)
-{
-    c->pos = maps->text;
-    c->end = maps->text + maps->len;
-    c->prev_end = 0;
-    c->done = false;
 }
 
 static int maps_hex_digit(char ch)
@@ -125,42 +125,40 @@ static bool maps_parse_hex(const char **pos, const char *end, uintptr_t *out)
 /* The next mapping "start-end perms offset dev inode [pathname]", as [*lo, *hi). A line that does
  * not parse is skipped: it cannot hide a mapping from placement, since every claim is made with
  * MAP_FIXED_NOREPLACE and checked, so the worst case is one failed attempt. */
-static bool maps_next_mapping(struct maps_cursor *c, uintptr_t *lo, uintptr_t *hi)
+static bool maps_next_mapping(struct maps *m, uintptr_t *lo, uintptr_t *hi)
 {
-    while (c->pos < c->end) {
-        const char *line = c->pos;
-        const char *eol = memchr(line, '\n', (size_t)(c->end - line));
-        if (eol == NULL)
-            eol = c->end;
-        c->pos = eol < c->end ? eol + 1 : c->end;
-
+    const char *line, *eol;
+    while (maps_next_line(m, &line, &eol)) {
         const char *p = line;
         if (!maps_parse_hex(&p, eol, lo) || p == eol || *p++ != '-' ||
             !maps_parse_hex(&p, eol, hi) || *hi < *lo)
             continue;
+        m->count++;
         return true;
     }
     return false;
 }
 
-bool maps_next_gap(struct maps_cursor *c, uintptr_t *start, uintptr_t *end)
+bool maps_next_gap(struct maps *m, uintptr_t *start, uintptr_t *end)
 {
-    while (!c->done) {
+    while (!m->done) {
         uintptr_t lo, hi;
-        if (!maps_next_mapping(c, &lo, &hi)) {
+        if (!maps_next_mapping(m, &lo, &hi)) {
+            if (m->error != 0)
+                return false;
             /* Past the last mapping: the rest of the user address space is one gap. */
             lo = hi = arch_user_top;
-            c->done = true;
+            m->done = true;
         }
         /* [vsyscall] (0xffffffffff600000 on x86-64) lies above the user address space: nothing
          * at or above arch_user_top can ever be mapped by us, so the walk stops there. */
         if (lo >= arch_user_top) {
             lo = arch_user_top;
-            c->done = true;
+            m->done = true;
         }
-        uintptr_t gap_start = c->prev_end;
-        if (hi > c->prev_end)
-            c->prev_end = hi;
+        uintptr_t gap_start = m->prev_end;
+        if (hi > m->prev_end)
+            m->prev_end = hi;
         if (lo > gap_start) {
             *start = gap_start;
             *end = lo;

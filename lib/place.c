@@ -403,21 +403,20 @@ static void place_consider_unexcluded(struct place *pl, uintptr_t lo, uintptr_t 
     place_consider(pl, lo, hi);
 }
 
-/* One pass over the gaps of a fresh map. Returns 0 (pl->found tells whether anything fits), or
- * -1 + errno when the map cannot be read. */
+/* One pass over the gaps of a fresh map, from the bottom of the address space to the top of the
+ * window (the rest of the file is never read). Returns 0 (pl->found tells whether anything
+ * fits), or -1 + errno when the map cannot be read. */
 static int place_scan(struct place *pl, struct meta *meta)
 {
     struct maps maps;
-    if (maps_read(&maps, meta) != 0)
+    if (maps_open(&maps, meta) != 0)
         return -1;
     pl->gaps = pl->gaps_in_window = pl->gaps_fitting = 0;
     pl->choices = 0;
     pl->found = false;
 
-    struct maps_cursor cursor;
-    maps_cursor_init(&cursor, &maps);
     uintptr_t start, end;
-    while (maps_next_gap(&cursor, &start, &end)) {
+    while (maps_next_gap(&maps, &start, &end)) {
         pl->gaps++;
         if (end <= pl->lo)
             continue;
@@ -427,14 +426,21 @@ static int place_scan(struct place *pl, struct meta *meta)
         place_consider_unexcluded(pl, start > pl->lo ? start : pl->lo, end < pl->hi ? end : pl->hi,
                                   0);
     }
+    if (maps.error != 0) {
+        int saved = maps.error;
+        debug_log("place: reading /proc/self/maps failed (errno %d)", saved);
+        maps_close(&maps);
+        errno = saved;
+        return -1;
+    }
     if (pl->found)
-        debug_log("place: scan: %zu mappings, %zu gaps, %zu in the window, %zu fit: picked %#lx",
-                  maps.count, pl->gaps, pl->gaps_in_window, pl->gaps_fitting,
-                  (unsigned long)pl->pick);
+        debug_log(
+            "place: scan: %zu mappings read, %zu gaps, %zu in the window, %zu fit: picked %#lx",
+            maps.count, pl->gaps, pl->gaps_in_window, pl->gaps_fitting, (unsigned long)pl->pick);
     else
-        debug_log("place: scan: %zu mappings, %zu gaps, %zu in the window, none fits", maps.count,
-                  pl->gaps, pl->gaps_in_window);
-    maps_release(&maps);
+        debug_log("place: scan: %zu mappings read, %zu gaps, %zu in the window, none fits",
+                  maps.count, pl->gaps, pl->gaps_in_window);
+    maps_close(&maps);
     return 0;
 }
 
