@@ -73,6 +73,8 @@ struct code_cache_stats {
     size_t never_used;         /* bytes above the bump pointer, never handed out yet */
     size_t retired;            /* bytes of freed chunks that could not be released (a system call
                                   failed): not reused until the next reset */
+    size_t free_spans;         /* freed spans waiting to be reused: maximal runs of free pages
+                                  below the bump pointer (each one a mapping of its own) */
     size_t open_chunks;        /* chunks in state OPEN */
     size_t sealed_chunks;      /* chunks in state SEALED */
     size_t chunks_allocated;   /* total code_cache_alloc successes since creation */
@@ -109,9 +111,14 @@ CODE_CACHE_API void code_cache_get_stats(const struct code_cache *cache,
                                          struct code_cache_stats *out);
 
 /* Hands out an OPEN chunk of at least size bytes (rounded up to pages), readable and writable,
- * memory committed. Never-used space is taken first; freed spans only when it runs out. Returns
- * NULL and errno: EINVAL (NULL cache, size 0), ENOSPC (no span of that size left: free or reset),
- * ENOMEM (no memory to commit, or for bookkeeping), or the errno of a failing mprotect/madvise. */
+ * memory committed. Never-used space is taken first, so that freed code stays inaccessible for as
+ * long as possible; freed spans (the lowest one that fits) when it runs out, or as soon as 512
+ * freed spans are waiting: each is a mapping of its own, and the mappings of a process are
+ * limited (vm.max_map_count). From then on a freed span is taken first and never-used space only
+ * when none fits, so that while chunks come and go stats.free_spans stays near 512 instead of
+ * growing with every free. Returns NULL and errno: EINVAL (NULL cache, size 0), ENOSPC (no span
+ * of that size left: free or reset), ENOMEM (no memory to commit, or for bookkeeping), or the
+ * errno of a failing mprotect/madvise. */
 CODE_CACHE_API struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size);
 
 /* The whole span of a chunk (its .rw is NULL after free). */
@@ -130,7 +137,8 @@ CODE_CACHE_API struct code_span code_chunk_alloc(struct code_chunk *chunk, size_
 CODE_CACHE_API int code_chunk_seal(struct code_chunk *chunk);
 
 /* Frees a chunk in any state: its pages become inaccessible (a stale call faults) and their
- * memory is given back; the span is reused once never-used space runs out. NULL is a no-op.
+ * memory is given back; the span is reused once never-used space runs out, or earlier when many
+ * freed spans are waiting (see code_cache_alloc). NULL is a no-op.
  * Freeing a chunk twice, or after code_cache_reset, aborts the process with a message on standard
  * error. This is detected as long as the chunk's record has not been reused for a new chunk:
  * records of freed chunks are reused oldest first, and only once more than 16 are waiting. */

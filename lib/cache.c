@@ -3,6 +3,12 @@
  * bumped from the low end while never-used space remains and only then taken from the free span
  * index: bumping first keeps freed code in quarantine (inaccessible, so a stale call faults) for
  * as long as possible.
+ *
+ * The quarantine is bounded, though. Every freed span between accessible chunks is a mapping of
+ * its own and splits its neighbours, and the mappings of a process are limited (vm.max_map_count):
+ * with a large cache and random frees, unbounded quarantine ends in mprotect failing with ENOMEM.
+ * So once CACHE_QUARANTINE_HOLES freed spans wait, allocation takes a freed span first (the same
+ * address-ordered first fit) and bumps only when none is large enough.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -78,9 +84,9 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
     size_t size = opts->size ? opts->size : CACHE_DEFAULT_SIZE;
     size_t reach = opts->reach ? opts->reach : arch_default_reach;
     /* A guard page at each end: a run off either end of the code faults. The reservation must
-     * fit in the 2 * reach window around the target, and its page count in a uint32_t-indexed
-     * bitmap comfortably. */
-    if (size > 2 * reach || size > (size_t)1 << 40) {
+     * fit in the 2 * reach window around the target, and its pages must be numbered with the
+     * 32 bits of a chunk record's first page (CACHE_MAX_SIZE). */
+    if (size > 2 * reach || size > CACHE_MAX_SIZE) {
         errno = EINVAL;
         return NULL;
     }
@@ -170,8 +176,8 @@ struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
         return NULL;
     }
     const size_t page = os_page_size;
-    /* Checked before rounding, which could otherwise wrap. A chunk keeps byte offsets in 32 bits;
-     * no cache is that large (its size is bounded by twice the reach), but say so here. */
+    /* Checked before rounding, which could otherwise wrap. A chunk keeps byte offsets in 32 bits
+     * (and so fewer than 2^20 pages in its 28-bit length); a cache can be larger than that. */
     if (size > cache->npages * page || align_up(size, page) > UINT32_MAX) {
         errno = ENOSPC;
         return NULL;
@@ -180,15 +186,20 @@ struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
     size_t len = pages * page;
 
     pthread_mutex_lock(&cache->lock);
-    size_t first;
-    bool fresh = pages <= cache->npages - cache->bump;
+    /* Never-used space first, to keep freed code in quarantine, unless so many freed spans wait
+     * that the mappings they cost matter (CACHE_QUARANTINE_HOLES): then the lowest freed span
+     * that fits, and never-used space only when none does. */
+    bool crowded = spans_holes(&cache->spans) >= CACHE_QUARANTINE_HOLES;
+    size_t first = crowded ? spans_find(&cache->spans, pages) : SIZE_MAX;
+    bool fresh = first == SIZE_MAX && pages <= cache->npages - cache->bump;
     bool dirty = false;
     if (fresh) {
         first = cache->bump;
         if (spans_reserve(&cache->spans, &cache->meta, cache->bump + pages) != 0)
             goto fail;
     } else {
-        first = spans_find(&cache->spans, pages);
+        if (first == SIZE_MAX && !crowded)
+            first = spans_find(&cache->spans, pages);
         if (first == SIZE_MAX) {
             debug_log("alloc: no span of %zu pages left (%zu free in freed spans)", pages,
                       cache->free_pages);
@@ -215,7 +226,7 @@ struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
     }
     chunks_adopt(cache, chunk);
     chunk->cache = cache;
-    chunk->base = addr;
+    chunk->first = (uint32_t)first;
     chunk->pages = (uint32_t)pages;
     chunk->used = 0;
     chunk->veneer_floor = (uint32_t)len;
@@ -285,6 +296,7 @@ void code_cache_get_stats(const struct code_cache *cache, struct code_cache_stat
         .free = (c->npages - c->bump + c->free_pages) * page,
         .never_used = (c->npages - c->bump) * page,
         .retired = c->retired_pages * page,
+        .free_spans = spans_holes(&c->spans),
         .open_chunks = c->open_chunks,
         .sealed_chunks = c->sealed_chunks,
         .chunks_allocated = c->chunks_allocated,

@@ -21,7 +21,9 @@
 
 #include "internal.h"
 
-_Static_assert(sizeof(struct code_chunk) <= 64, "a chunk record fits in a cache line");
+/* 48 bytes is a jemalloc size class; anything from 49 to 64 bytes costs 64. With the bitmaps of
+ * the free-span index and the veneer tables, the bookkeeping then stays under 64 bytes a chunk. */
+_Static_assert(sizeof(struct code_chunk) <= 48, "a chunk record fits jemalloc's 48-byte class");
 
 #define CHUNK_QUARANTINE 16
 
@@ -135,7 +137,7 @@ struct code_span code_chunk_span(const struct code_chunk *chunk)
     }
     if (chunk->state == CHUNK_FREED)
         return span;
-    span.rw = span.rx = (void *)chunk->base;
+    span.rw = span.rx = (void *)chunk_base(chunk);
     span.size = chunk_size(chunk);
     return span;
 }
@@ -160,7 +162,7 @@ struct code_span code_chunk_alloc(struct code_chunk *chunk, size_t size, size_t 
         return span;
     }
     chunk->used = (uint32_t)(offset + size);
-    span.rw = span.rx = (void *)(chunk->base + offset);
+    span.rw = span.rx = (void *)(chunk_base(chunk) + offset);
     span.size = size;
     return span;
 }
@@ -177,11 +179,12 @@ int code_chunk_seal(struct code_chunk *chunk)
     }
     /* A jump into space no function was written to traps at once instead of sliding into
      * whatever comes next. If sealing fails the traps are simply overwritten by later code. */
-    arch_fill_trap((void *)(chunk->base + chunk->used), chunk->veneer_floor - chunk->used);
+    uintptr_t base = chunk_base(chunk);
+    arch_fill_trap((void *)(base + chunk->used), chunk->veneer_floor - chunk->used);
     struct code_cache *cache = chunk->cache;
-    if (wx_seal(cache, chunk->base, chunk_size(chunk)) != 0) {
+    if (wx_seal(cache, base, chunk_size(chunk)) != 0) {
         debug_log("seal: mprotect(PROT_READ|PROT_EXEC) of %#lx failed: the chunk stays OPEN",
-                  (unsigned long)chunk->base);
+                  (unsigned long)base);
         return -1;
     }
     pthread_mutex_lock(&cache->lock);
@@ -206,17 +209,16 @@ void code_chunk_free(struct code_chunk *chunk)
                 (void *)chunk);
         abort();
     }
-    size_t page = os_page_size;
-    size_t first = (chunk->base - cache->base) / page;
+    uintptr_t base = chunk_base(chunk);
     bool released;
-    if (wx_decommit(cache, chunk->base, chunk_size(chunk), &released) != 0) {
+    if (wx_decommit(cache, base, chunk_size(chunk), &released) != 0) {
         /* Still accessible: handing it out again would expose its old content. Only a reset,
          * which retries, brings it back. */
         debug_log("free: mprotect(PROT_NONE) of %#lx failed: %u pages retired until reset",
-                  (unsigned long)chunk->base, chunk->pages);
+                  (unsigned long)base, (unsigned)chunk->pages);
         cache->retired_pages += chunk->pages;
     } else {
-        spans_put(&cache->spans, first, chunk->pages, !released);
+        spans_put(&cache->spans, chunk->first, chunk->pages, !released);
         cache->free_pages += chunk->pages;
     }
     if (chunk->state == CHUNK_OPEN)
@@ -233,7 +235,7 @@ static const void *veneer_find(const struct code_chunk *chunk, const void *targe
     const struct veneers *v = chunk->veneers;
     for (size_t i = 0; v != NULL && i < v->count; i++)
         if (v->entry[i].target == target)
-            return (const void *)(chunk->base + v->entry[i].offset);
+            return (const void *)(chunk_base(chunk) + v->entry[i].offset);
     return NULL;
 }
 
@@ -243,8 +245,8 @@ const void *code_chunk_call_target(struct code_chunk *chunk, const void *target)
         errno = EINVAL;
         return NULL;
     }
-    uintptr_t t = (uintptr_t)target;
-    if (reach_covers(chunk->base, chunk->base + chunk_size(chunk), t, t + 1, chunk->cache->reach))
+    uintptr_t t = (uintptr_t)target, base = chunk_base(chunk);
+    if (reach_covers(base, base + chunk_size(chunk), t, t + 1, chunk->cache->reach))
         return target;
     const void *found = veneer_find(chunk, target);
     if (found != NULL)
@@ -271,7 +273,7 @@ const void *code_chunk_call_target(struct code_chunk *chunk, const void *target)
     /* veneer_floor starts at the chunk's size, a page multiple, and moves by whole veneers, so
      * every veneer keeps the alignment of arch_veneer_size. */
     chunk->veneer_floor -= (uint32_t)arch_veneer_size;
-    uintptr_t at = chunk->base + chunk->veneer_floor;
+    uintptr_t at = base + chunk->veneer_floor;
     arch_write_veneer((void *)at, (const void *)at, target);
     v->entry[v->count].target = target;
     v->entry[v->count].offset = chunk->veneer_floor;

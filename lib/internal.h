@@ -19,6 +19,22 @@
 #include "code_cache.h"
 
 #define CACHE_DEFAULT_SIZE ((size_t)64 << 20)
+/* The largest cache: its pages, at least 4 KiB each, are numbered with 32 bits. */
+#define CACHE_MAX_SIZE ((size_t)1 << 40)
+_Static_assert((CACHE_MAX_SIZE >> 12) <= UINT32_MAX, "page indices of a cache fit in 32 bits");
+
+/*
+ * How many freed spans (maximal runs of free pages below the bump pointer) may wait in quarantine
+ * before code_cache_alloc reuses them ahead of never-used space. Every such hole between
+ * accessible chunks costs the process up to two mappings (the hole itself, and the split of the
+ * chunks around it), counted against the process-wide vm.max_map_count (65530 by default) that
+ * every other mmap of the program shares; unbounded, page-sized churn in a large cache reaches it
+ * (bench/churn: within 60,000 random frees), and then mprotect fails with ENOMEM. Under valgrind
+ * 3.19 the limit is lower still: it aborts at about 30,000 mappings (VG_N_SEGMENTS, measured).
+ * 512 holes cost at most 1024 mappings, small next to either limit and to what the program itself
+ * maps, while still keeping hundreds of freed spans inaccessible between reuses.
+ */
+#define CACHE_QUARANTINE_HOLES 512
 
 /* ---- os.c: every system call that touches the address space, so that tests can interpose
  * on exactly these libc functions (mmap, munmap, mprotect, madvise). ---- */
@@ -83,28 +99,28 @@ void meta_free(struct meta *m, void *p, size_t size);
 /* Bytes jemalloc reports allocated in the arena (small + large), read through mallctl. */
 size_t meta_arena_allocated(const struct meta *m);
 
-/* ---- maps.c: the process address-space map, read once with bulk read(2). ---- */
+/* ---- maps.c: the process address-space map, streamed once through a fixed buffer with bulk
+ * read(2)s, gap by gap. ---- */
 
 struct maps {
     struct meta *meta;
-    char *text; /* the whole of /proc/self/maps */
-    size_t len, cap;
-    size_t count; /* mappings seen */
-};
-
-int maps_read(struct maps *maps, struct meta *meta); /* 0, or -1 + errno */
-void maps_release(struct maps *maps);
-
-struct maps_cursor {
-    const char *pos, *end;
+    int fd;
+    char *buf;          /* MAPS_BUFFER bytes from the cache's arena */
+    size_t pos, len;    /* the text not parsed yet: buf[pos, len) */
+    bool eof;           /* read(2) returned 0 */
+    int error;          /* errno of a failed read, or 0 */
+    size_t count;       /* mappings parsed so far */
     uintptr_t prev_end; /* end of the previous mapping */
-    bool done;
+    bool done;          /* the last gap was returned */
 };
 
-void maps_cursor_init(struct maps_cursor *c, const struct maps *maps);
+int maps_open(struct maps *maps, struct meta *meta); /* 0, or -1 + errno */
 /* The next gap, in increasing address order, between mappings: [*start, *end), including the
- * gap below the first mapping (from 0) and above the last one (to arch_user_top). */
-bool maps_next_gap(struct maps_cursor *c, uintptr_t *start, uintptr_t *end);
+ * gap below the first mapping (from 0) and above the last one (to arch_user_top). False at the
+ * end, or when a read fails (maps->error then holds its errno). A caller may stop early: what
+ * the kernel has not printed yet is never read. */
+bool maps_next_gap(struct maps *maps, uintptr_t *start, uintptr_t *end);
+void maps_close(struct maps *maps);
 
 /* ---- place.c: choosing and claiming the region. ---- */
 
@@ -131,13 +147,19 @@ enum chunk_state { CHUNK_OPEN = 1, CHUNK_SEALED = 2, CHUNK_FREED = 3 };
 
 struct veneers; /* chunk.c */
 
+/*
+ * One record per chunk, 48 bytes: jemalloc's 48-byte size class, where 56 bytes would be rounded
+ * up to 64. The chunk's place is a page index rather than an address: a cache has at most
+ * CACHE_MAX_SIZE / 4 KiB = 2^28 pages. A chunk is smaller than 4 GiB (its byte offsets are 32-bit),
+ * hence fewer than 2^20 pages: 28 bits of length leave 4 for the state.
+ */
 struct code_chunk {
     struct code_cache *cache;
-    uintptr_t base;        /* first byte (rw == rx in the mprotect backend) */
-    uint32_t pages;        /* length in pages */
+    uint32_t first;        /* first page, numbered from cache->base */
+    uint32_t pages : 28;   /* length in pages */
+    uint32_t state : 4;    /* enum chunk_state */
     uint32_t used;         /* bytes bumped from the low end */
     uint32_t veneer_floor; /* veneers occupy [veneer_floor, size) */
-    uint8_t state;         /* enum chunk_state */
     struct veneers *veneers;
     struct code_chunk *prev, *next; /* the cache's live list, or its recycled FIFO */
 };
@@ -148,6 +170,7 @@ struct spans {
     size_t words;         /* length of both bitmaps */
     size_t max_words;     /* enough words for every page of the cache */
     size_t hint;          /* no free bit below word hint */
+    size_t holes;         /* maximal runs of free pages: the freed spans */
 };
 
 struct code_cache {
@@ -171,6 +194,12 @@ struct code_cache {
     size_t protection_changes; /* updated atomically: seal runs without the lock */
 };
 
+/* The first byte of a chunk (rw == rx in the mprotect backend). */
+static inline uintptr_t chunk_base(const struct code_chunk *chunk)
+{
+    return chunk->cache->base + (uintptr_t)chunk->first * os_page_size;
+}
+
 /* spans.c: the free-span index, a bitmap over the pages below the bump pointer, grown as the
  * bump pointer advances (memory proportional to the part of the cache ever used). Pages are
  * numbered from cache->base. The caller holds the cache's lock. */
@@ -180,12 +209,20 @@ void spans_release(struct spans *s, struct meta *m);
 int spans_reserve(struct spans *s, struct meta *m, size_t npages);
 /* The first page of the lowest run of n free pages (address-ordered first fit), or SIZE_MAX. */
 size_t spans_find(struct spans *s, size_t n);
-/* Marks [first, first + n) free; dirty when its memory could not be discarded. */
+/* Marks [first, first + n), in use until now, free; dirty when its memory could not be
+ * discarded. */
 void spans_put(struct spans *s, size_t first, size_t n, bool dirty);
-/* Marks [first, first + n) in use (and no longer dirty: the caller discarded it). */
+/* Marks [first, first + n), free until now, in use (and no longer dirty: the caller discarded
+ * it). */
 void spans_take(struct spans *s, size_t first, size_t n);
 bool spans_dirty(const struct spans *s, size_t first, size_t n); /* any page of the run dirty */
 void spans_clear(struct spans *s);                               /* nothing free, nothing dirty */
+/* The number of freed spans: maximal runs of free pages below the bump pointer. Kept up to date
+ * by spans_put, spans_take and spans_clear at no extra search. */
+static inline size_t spans_holes(const struct spans *s)
+{
+    return s->holes;
+}
 
 /* chunk.c: chunk records. A record comes from the head of the recycled FIFO (oldest freed
  * first, so a freed handle stays recognisable as long as possible) or from the arena. The caller

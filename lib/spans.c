@@ -10,6 +10,11 @@
  *
  * The bitmaps cover only the pages the bump pointer has passed and grow with it, so a large,
  * mostly unused reservation costs almost nothing here.
+ *
+ * The index also counts its holes, the maximal runs of free pages, because each one costs the
+ * process mappings (CACHE_QUARANTINE_HOLES): code_cache_alloc reuses them ahead of never-used
+ * space once there are too many. The count is kept as pages change state, by looking at the two
+ * neighbours of the run that changes, never by walking the bitmap.
  */
 #include <errno.h>
 #include <string.h>
@@ -110,8 +115,18 @@ static void spans_fill(uint64_t *bits, size_t first, size_t n, bool value)
     }
 }
 
+/* True when page i is free; pages beyond the bitmap are not (they are above the bump pointer). */
+static bool spans_free_at(const struct spans *s, size_t i)
+{
+    return i < s->words * BITS && (s->free_bits[i / BITS] >> (i % BITS) & 1) != 0;
+}
+
 void spans_put(struct spans *s, size_t first, size_t n, bool dirty)
 {
+    /* A new run of free pages: a new hole, unless it joins one on either side, or two. */
+    bool left = first > 0 && spans_free_at(s, first - 1);
+    bool right = spans_free_at(s, first + n);
+    s->holes = s->holes + 1 - left - right;
     spans_fill(s->free_bits, first, n, true);
     if (dirty)
         spans_fill(s->dirty_bits, first, n, true);
@@ -123,6 +138,11 @@ void spans_take(struct spans *s, size_t first, size_t n)
 {
     spans_fill(s->free_bits, first, n, false);
     spans_fill(s->dirty_bits, first, n, false);
+    /* [first, first + n) lay inside one hole, which is gone, unless a part of it remains on
+     * either side (one hole), or on both (two). */
+    bool left = first > 0 && spans_free_at(s, first - 1);
+    bool right = spans_free_at(s, first + n);
+    s->holes = s->holes + left + right - 1;
 }
 
 bool spans_dirty(const struct spans *s, size_t first, size_t n)
@@ -138,4 +158,5 @@ void spans_clear(struct spans *s)
         memset(s->dirty_bits, 0, s->words * sizeof(uint64_t));
     }
     s->hint = 0;
+    s->holes = 0;
 }

@@ -349,6 +349,7 @@ Test(chunk, freed_spans_are_reused_only_when_never_used_space_runs_out)
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.never_used, 0);
     cr_assert_eq(st.free, PAGE);
+    cr_assert_eq(st.free_spans, 1);
 
     struct code_chunk *again = alloc_checked(cache, PAGE);
     cr_assert_eq(chunk_base(again), st.base, "then the freed span is reused");
@@ -448,6 +449,7 @@ Test(chunk, statistics_follow_every_operation)
     cr_assert_eq(st.free, 64 * PAGE);
     cr_assert_eq(st.never_used, 64 * PAGE);
     cr_assert_eq(st.retired, 0);
+    cr_assert_eq(st.free_spans, 0);
     cr_assert_eq(st.open_chunks + st.sealed_chunks + st.chunks_allocated, 0);
     cr_assert_eq(st.protection_changes, 0);
     cr_assert_gt(st.meta_bytes, 0, "the cache's own record lives in its arena");
@@ -480,6 +482,7 @@ Test(chunk, statistics_follow_every_operation)
     cr_assert_eq(st.committed, 3 * PAGE);
     cr_assert_eq(st.free, 61 * PAGE);
     cr_assert_eq(st.never_used, 59 * PAGE);
+    cr_assert_eq(st.free_spans, 1);
     cr_assert_eq(st.open_chunks, 1);
     cr_assert_eq(st.sealed_chunks, 0);
     cr_assert_eq(st.chunks_allocated, 2);
@@ -489,6 +492,7 @@ Test(chunk, statistics_follow_every_operation)
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.committed, 0);
     cr_assert_eq(st.free, 64 * PAGE);
+    cr_assert_eq(st.free_spans, 1, "b coalesced with a's span");
     cr_assert_eq(st.open_chunks + st.sealed_chunks, 0);
     code_cache_get_stats(NULL, &st);
     code_cache_get_stats(cache, NULL);

@@ -80,10 +80,10 @@ Test(meta, freeing_every_chunk_leaves_only_the_fixed_records)
     churn(cache, far, 40, 6);
     code_cache_get_stats(cache, &st);
     size_t steady = st.meta_bytes;
-    /* What stays: at most 40 + 16 chunk records, kept for reuse (64 bytes each), and the
+    /* What stays: at most 40 + 16 chunk records, kept for reuse (48 bytes each), and the
      * free-span bitmaps (one word each for 64 pages, in jemalloc's smallest class). No veneer
      * table survives its chunk. */
-    cr_assert_leq(steady - empty, (40 + 16) * 64 + 2 * 16, "%zu bytes stayed after freeing",
+    cr_assert_leq(steady - empty, (40 + 16) * 48 + 2 * 16, "%zu bytes stayed after freeing",
                   steady - empty);
     expect_meta_matches(cache, baseline);
 
@@ -137,7 +137,7 @@ Test(meta, two_caches_keep_separate_bookkeeping)
     code_cache_get_stats(b, &sb2);
     cr_assert_eq(sb2.meta_bytes, sb.meta_bytes, "b's arena saw a's records");
     code_cache_get_stats(a, &sa);
-    cr_assert_geq(sa.meta_bytes, sb.meta_bytes + 20 * 64);
+    cr_assert_geq(sa.meta_bytes, sb.meta_bytes + 20 * 48, "20 chunk records of 48 bytes");
     code_cache_destroy(b);
     check_maps(a);
     for (int i = 0; i < 20; i++)

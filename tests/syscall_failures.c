@@ -38,8 +38,8 @@ static void expect_same_stats(const struct code_cache *cache, const struct code_
     code_cache_get_stats(cache, &b);
     cr_assert(a->committed == b.committed && a->in_use == b.in_use && a->free == b.free &&
                   a->never_used == b.never_used && a->retired == b.retired &&
-                  a->open_chunks == b.open_chunks && a->sealed_chunks == b.sealed_chunks &&
-                  a->chunks_allocated == b.chunks_allocated,
+                  a->free_spans == b.free_spans && a->open_chunks == b.open_chunks &&
+                  a->sealed_chunks == b.sealed_chunks && a->chunks_allocated == b.chunks_allocated,
               "%s: a failed call changed the cache's statistics", what);
 }
 
@@ -150,6 +150,7 @@ Test(syscall_failures, free_that_cannot_revoke_access_retires_the_span_until_res
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.retired, 2 * PAGE);
     cr_assert_eq(st.free, 2 * PAGE, "only the never-used half is free");
+    cr_assert_eq(st.free_spans, 0, "a retired span is not a free one");
     cr_assert_eq(st.sealed_chunks, 0);
     check_maps(cache);
     expect_prot((const void *)fn, 2 * PAGE, "r-x");
@@ -256,9 +257,12 @@ Test(syscall_failures, reset_that_cannot_discard_keeps_old_pages_out_of_reach)
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.free, 4 * PAGE);
     cr_assert_eq(st.committed, 0);
+    cr_assert_eq(st.free_spans, 1, "the whole used part, one dirty span");
     check_maps(cache);
     struct code_chunk *again = code_cache_alloc(cache, 4 * PAGE);
     cr_assert_not_null(again);
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_spans, 0);
     expect_zero_chunk(again);
     check_maps(cache);
     code_cache_destroy(cache);

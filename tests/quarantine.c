@@ -1,0 +1,176 @@
+/*
+ * The quarantine of freed spans and its bound: stats.free_spans counts the maximal runs of freed
+ * pages; below 512 of them code_cache_alloc bumps into never-used space first, from 512 on it
+ * reuses the lowest freed span that fits first, so that the mappings of the cache (each freed
+ * span between sealed chunks is one, and splits its neighbours) stay bounded however long code
+ * churns.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <string.h>
+
+#include "helpers.h"
+
+#define PAGE test_page_size()
+
+/* The bound documented with code_cache_alloc. */
+#define QUARANTINE 512
+
+static struct code_chunk *alloc_page(struct code_cache *cache)
+{
+    struct code_chunk *chunk = code_cache_alloc(cache, PAGE);
+    cr_assert_not_null(chunk, "code_cache_alloc: %s", strerror(errno));
+    return chunk;
+}
+
+static uintptr_t chunk_addr(const struct code_chunk *chunk)
+{
+    return (uintptr_t)code_chunk_span(chunk).rx;
+}
+
+static size_t free_spans(const struct code_cache *cache)
+{
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    return st.free_spans;
+}
+
+static size_t never_used(const struct code_cache *cache)
+{
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    return st.never_used;
+}
+
+static void free_checked(struct code_cache *cache, struct code_chunk *chunk, size_t expect_spans)
+{
+    code_chunk_free(chunk);
+    check_maps(cache);
+    cr_assert_eq(free_spans(cache), expect_spans, "free_spans after a free");
+}
+
+Test(quarantine, free_spans_counts_maximal_runs_of_freed_pages)
+{
+    struct code_cache *cache = test_cache_near_helper(8 * PAGE);
+    struct code_chunk *c[8];
+    for (int i = 0; i < 8; i++)
+        c[i] = alloc_page(cache);
+    uintptr_t base = chunk_addr(c[0]);
+    cr_assert_eq(free_spans(cache), 0);
+
+    free_checked(cache, c[1], 1);
+    free_checked(cache, c[3], 2);
+    free_checked(cache, c[5], 3);
+    free_checked(cache, c[2], 2); /* joins 1 and 3 */
+    free_checked(cache, c[7], 3); /* the last page of the cache */
+    free_checked(cache, c[0], 3); /* the first page, joins 1-3 */
+    free_checked(cache, c[4], 2); /* joins 0-3 and 5: 0-5 and 7 are left */
+    free_checked(cache, c[6], 1); /* joins both sides: one run, the whole cache */
+
+    /* First fit takes the low end of the run: what remains above is still one span. */
+    struct code_chunk *a = alloc_page(cache);
+    cr_assert_eq(chunk_addr(a), base);
+    cr_assert_eq(free_spans(cache), 1);
+    struct code_chunk *b = code_cache_alloc(cache, 2 * PAGE);
+    cr_assert_not_null(b);
+    cr_assert_eq(chunk_addr(b), base + PAGE);
+    cr_assert_eq(free_spans(cache), 1);
+    check_maps(cache);
+    free_checked(cache, a, 2);
+    /* Taking a whole run leaves no span behind. */
+    struct code_chunk *rest = code_cache_alloc(cache, 5 * PAGE);
+    cr_assert_not_null(rest);
+    cr_assert_eq(chunk_addr(rest), base + 3 * PAGE);
+    cr_assert_eq(free_spans(cache), 1);
+    a = alloc_page(cache);
+    cr_assert_eq(free_spans(cache), 0);
+    check_maps(cache);
+
+    free_checked(cache, b, 1);
+    cr_assert_eq(code_cache_reset(cache), 0);
+    cr_assert_eq(free_spans(cache), 0, "reset leaves nothing freed below the bump pointer");
+    check_maps(cache);
+    code_cache_destroy(cache);
+}
+
+/*
+ * 2 * (512 + CHURN) + 3 sealed one-page chunks; odd ones are freed, each a span of its own
+ * between two sealed chunks. Below the bound, allocation bumps; at the bound, every allocation
+ * takes the lowest freed span, and CHURN rounds of free + allocate leave the number of freed spans,
+ * and the number of mappings of the cache, where they were. Bumping first would add a span, and
+ * two mappings, per round.
+ */
+Test(quarantine, allocation_reuses_freed_spans_first_once_512_wait)
+{
+    enum { CHURN = 128, N = 2 * (QUARANTINE + CHURN) + 3 };
+    static struct code_chunk *c[N];
+    struct code_cache *cache = test_cache_near_helper(4 * N * PAGE);
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    const uintptr_t base = st.base;
+    for (size_t i = 0; i < N; i++) {
+        c[i] = alloc_page(cache);
+        cr_assert_eq(chunk_addr(c[i]), base + i * PAGE, "bumped");
+        emit_return(c[i], (int)i);
+        cr_assert_eq(code_chunk_seal(c[i]), 0, "code_chunk_seal: %s", strerror(errno));
+    }
+    check_maps(cache);
+
+    /* One span short of the bound: still bumping. */
+    for (size_t i = 1; i < 2 * (QUARANTINE - 1); i += 2)
+        code_chunk_free(c[i]);
+    check_maps(cache);
+    cr_assert_eq(free_spans(cache), QUARANTINE - 1);
+    struct code_chunk *bumped = alloc_page(cache);
+    cr_assert_eq(chunk_addr(bumped), base + N * PAGE, "below the bound, never-used space first");
+    jit_fn bumped_fn = emit_return(bumped, -1);
+    cr_assert_eq(code_chunk_seal(bumped), 0);
+    cr_assert_eq(free_spans(cache), QUARANTINE - 1);
+
+    /* At the bound: the lowest freed span, while never-used space remains. */
+    size_t next_odd = 2 * (QUARANTINE - 1) + 1;
+    code_chunk_free(c[next_odd]);
+    next_odd += 2;
+    cr_assert_eq(free_spans(cache), QUARANTINE);
+    size_t fresh = never_used(cache);
+    cr_assert_gt(fresh, 0);
+    struct code_chunk *reused = alloc_page(cache);
+    cr_assert_eq(chunk_addr(reused), base + PAGE, "at the bound, the lowest freed span first");
+    expect_zero_chunk(reused);
+    jit_fn reused_fn = emit_return(reused, -2);
+    cr_assert_eq(code_chunk_seal(reused), 0);
+    cr_assert_eq(free_spans(cache), QUARANTINE - 1);
+    cr_assert_eq(never_used(cache), fresh, "no never-used page taken");
+    check_maps(cache);
+
+    for (size_t round = 0; round < CHURN; round++, next_odd += 2) {
+        code_chunk_free(c[next_odd]);
+        cr_assert_eq(free_spans(cache), QUARANTINE, "round %zu", round);
+        struct code_chunk *chunk = alloc_page(cache);
+        cr_assert_eq(chunk_addr(chunk), base + (3 + 2 * round) * PAGE,
+                     "round %zu: the lowest freed span, not never-used space", round);
+        cr_assert_eq(free_spans(cache), QUARANTINE - 1);
+        cr_assert_eq(code_chunk_seal(chunk), 0);
+    }
+    cr_assert_eq(never_used(cache), fresh, "churn took no never-used page");
+    check_maps(cache);
+    size_t mappings = check_no_wx(cache);
+    cr_assert_leq(mappings, 2 * QUARANTINE + 8, "%zu mappings for %zu freed spans", mappings,
+                  free_spans(cache));
+
+    /* At the bound but no freed span large enough: never-used space after all. */
+    code_chunk_free(c[next_odd]);
+    cr_assert_eq(free_spans(cache), QUARANTINE);
+    struct code_chunk *two = code_cache_alloc(cache, 2 * PAGE);
+    cr_assert_not_null(two);
+    cr_assert_eq(chunk_addr(two), base + (N + 1) * PAGE, "no freed span of two pages");
+    cr_assert_eq(free_spans(cache), QUARANTINE);
+    check_maps(cache);
+
+    /* The code that stayed sealed throughout still runs. */
+    cr_assert_eq(((jit_fn)chunk_addr(c[0]))(), 0);
+    cr_assert_eq(((jit_fn)chunk_addr(c[N - 1]))(), N - 1);
+    cr_assert_eq(bumped_fn(), -1);
+    cr_assert_eq(reused_fn(), -2);
+    code_cache_destroy(cache);
+}
