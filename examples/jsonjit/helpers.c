@@ -290,6 +290,23 @@ char *json_put_string(struct json_buf *out, char *p, const char *s)
     return p;
 }
 
+size_t json_value_max(enum json_field_type type)
+{
+    switch (type) {
+    case JT_INT32:
+        return JSON_INT32_MAX;
+    case JT_INT64:
+    case JT_UINT64:
+        return JSON_INT64_MAX;
+    case JT_DOUBLE:
+        return JSON_DOUBLE_MAX;
+    case JT_BOOL:
+        return JSON_BOOL_MAX;
+    default:
+        return 0;
+    }
+}
+
 char *json_put_i32_array(struct json_buf *out, char *p, const int32_t *v, size_t n)
 {
     /* Each reservation also covers the closing bracket, so "[]" and the last "]" need none. */

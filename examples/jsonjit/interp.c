@@ -36,30 +36,12 @@ static char *interp_array(const struct json_schema *s, const char *objs, size_t 
     return p;
 }
 
-/* The largest thing a scalar field can write, for one reservation per field. */
-static size_t scalar_max(enum json_field_type type)
-{
-    switch (type) {
-    case JT_INT32:
-        return JSON_INT32_MAX;
-    case JT_INT64:
-    case JT_UINT64:
-        return JSON_INT64_MAX;
-    case JT_DOUBLE:
-        return JSON_DOUBLE_MAX;
-    case JT_BOOL:
-        return JSON_BOOL_MAX;
-    default:
-        return 0;
-    }
-}
-
 static char *interp_value(const struct json_field *f, const char *obj, struct json_buf *out,
                           char *p)
 {
     const char *at = obj + f->offset;
     size_t count;
-    p = json_buf_room(out, p, scalar_max(f->type));
+    p = json_buf_room(out, p, json_value_max(f->type));
     if (p == NULL)
         return NULL;
     switch (f->type) {

@@ -42,25 +42,6 @@ struct compile {
     size_t *key_len;
 };
 
-/* Bytes a value writes at most when that is bounded, or 0 when it is not (it then reserves for
- * itself, or calls code that does). */
-static size_t value_bound(enum json_field_type type)
-{
-    switch (type) {
-    case JT_INT32:
-        return JSON_INT32_MAX;
-    case JT_INT64:
-    case JT_UINT64:
-        return JSON_INT64_MAX;
-    case JT_DOUBLE:
-        return JSON_DOUBLE_MAX;
-    case JT_BOOL:
-        return JSON_BOOL_MAX;
-    default:
-        return 0;
-    }
-}
-
 /* The keys are escaped here, once, with the same writer the interpreter uses on every call, so
  * both produce the same bytes. */
 static int compile_keys(struct compile *c)
@@ -239,7 +220,7 @@ static size_t segment_bytes(const struct compile *c, size_t i)
     size_t bytes = 0;
     for (; i < c->s->nfields; i++) {
         bytes += c->key_len[i];
-        size_t bound = value_bound(c->s->fields[i].type);
+        size_t bound = json_value_max(c->s->fields[i].type);
         if (bound == 0)
             return bytes;
         bytes += bound;
@@ -296,7 +277,7 @@ static void compile_object(struct compile *c)
             compile_check(c, segment_bytes(c, i) + JIT_SLACK);
         compile_text(c, c->keys[i], c->key_len[i], &pos);
         compile_value(c, f, &pos);
-        segment_start = value_bound(f->type) == 0;
+        segment_start = json_value_max(f->type) == 0;
     }
     if (segment_start)
         compile_check(c, segment_bytes(c, c->s->nfields) + JIT_SLACK);

@@ -101,6 +101,10 @@ char *json_put_i64(char *p, int64_t v);
 char *json_put_u64(char *p, uint64_t v);
 char *json_put_double(char *p, double v);
 char *json_put_string(struct json_buf *out, char *p, const char *s);
+/* Bytes a value of this type writes at most when that is bounded (the scalars), or 0 when it is
+ * not (strings, objects, arrays reserve room for themselves). */
+size_t json_value_max(enum json_field_type type);
+
 char *json_put_i32_array(struct json_buf *out, char *p, const int32_t *v, size_t n);
 char *json_put_i64_array(struct json_buf *out, char *p, const int64_t *v, size_t n);
 
