@@ -15,11 +15,15 @@
  */
 #include <errno.h>
 #include <jemalloc/jemalloc.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <valgrind/valgrind.h>
 
-#include "internal.h"
+#include "debug.h"
+#include "meta.h"
 
 /* MALLOCX_ARENA encodes indexes below 4095, so no process can have more arenas than this: the
  * pool array never overflows and needs no allocation of its own. */
@@ -132,14 +136,19 @@ void meta_free(struct meta *m, void *p, size_t size)
     VALGRIND_FREELIKE_BLOCK(p, 0);
 }
 
-size_t meta_arena_allocated(const struct meta *m)
+/* jemalloc's statistics are a snapshot refreshed by writing the epoch. */
+static bool meta_refresh_stats(void)
 {
-    /* jemalloc's statistics are a snapshot refreshed by writing the epoch. */
     uint64_t epoch = 1;
     size_t len = sizeof epoch;
-    if (mallctl("epoch", &epoch, &len, &epoch, len) != 0)
+    return mallctl("epoch", &epoch, &len, &epoch, len) == 0;
+}
+
+size_t meta_arena_allocated(const struct meta *m)
+{
+    if (!meta_refresh_stats())
         return 0;
-    size_t total = 0;
+    size_t len, total = 0;
     static const char *const kinds[] = {"small", "large"};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         char name[64];
@@ -150,4 +159,14 @@ size_t meta_arena_allocated(const struct meta *m)
             total += value;
     }
     return total;
+}
+
+size_t meta_arena_resident(const struct meta *m)
+{
+    if (!meta_refresh_stats())
+        return 0;
+    char name[64];
+    size_t value = 0, len = sizeof value;
+    snprintf(name, sizeof name, "stats.arenas.%u.resident", m->arena);
+    return mallctl(name, &value, &len, NULL, 0) == 0 ? value : 0;
 }

@@ -441,56 +441,78 @@ Test(chunk, full_cache_fails_with_ENOSPC_and_stays_usable)
 Test(chunk, statistics_follow_every_operation)
 {
     struct code_cache *cache = test_cache_near_helper(64 * PAGE);
+    /* Committing ahead of the bump pointer goes in steps of 64 KiB at first. */
+    const size_t step = (64 * 1024 > PAGE ? 64 * 1024 : PAGE);
     struct code_cache_stats st;
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.reserved, 64 * PAGE);
+    cr_assert_eq(st.granule, PAGE);
+    cr_assert_str_eq(st.backend, "mprotect");
+    cr_assert_null(st.dual_file);
     cr_assert_eq(st.committed, 0);
     cr_assert_eq(st.in_use, 0);
+    cr_assert_eq(st.committed_ahead, 0);
+    cr_assert_eq(st.free_ready, 0);
     cr_assert_eq(st.free, 64 * PAGE);
     cr_assert_eq(st.never_used, 64 * PAGE);
     cr_assert_eq(st.retired, 0);
     cr_assert_eq(st.free_spans, 0);
     cr_assert_eq(st.open_chunks + st.sealed_chunks + st.chunks_allocated, 0);
-    cr_assert_eq(st.protection_changes, 0);
+    cr_assert_eq(st.protection_changes, 2, "the exec probe: r-x and back");
+    cr_assert_eq(st.system_calls, 2);
     cr_assert_gt(st.meta_bytes, 0, "the cache's own record lives in its arena");
+    cr_assert_geq(st.meta_resident, st.meta_bytes, "the arena's pages hold at least that");
     cr_assert_eq(st.reach, (size_t)1 << 31);
     cr_assert_eq(st.near, (const void *)helper_triple);
     cr_assert(code_cache_reaches(cache, (const void *)helper_triple));
     size_t meta0 = st.meta_bytes;
 
+    /* The first chunk commits itself and a step ahead: one mprotect, one populate. */
     struct code_chunk *a = alloc_checked(cache, 2 * PAGE);
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.in_use, 2 * PAGE);
+    cr_assert_eq(st.committed_ahead, step);
+    cr_assert_eq(st.committed, 2 * PAGE + step);
+    cr_assert_eq(st.protection_changes, 3);
+    cr_assert_eq(st.system_calls, 4);
+    /* The second comes from the step: no system call at all. */
     struct code_chunk *b = alloc_checked(cache, 3 * PAGE);
     code_cache_get_stats(cache, &st);
-    cr_assert_eq(st.committed, 5 * PAGE);
+    cr_assert_eq(st.committed, 2 * PAGE + step);
+    cr_assert_eq(st.committed_ahead, step - 3 * PAGE);
     cr_assert_eq(st.in_use, 5 * PAGE);
     cr_assert_eq(st.free, 59 * PAGE);
     cr_assert_eq(st.never_used, 59 * PAGE);
     cr_assert_eq(st.open_chunks, 2);
     cr_assert_eq(st.sealed_chunks, 0);
     cr_assert_eq(st.chunks_allocated, 2);
-    cr_assert_eq(st.protection_changes, 2, "one mprotect per commit");
-    cr_assert_gt(st.meta_bytes, meta0, "two chunk records");
+    cr_assert_eq(st.system_calls, 4, "an allocation from the step makes no system call");
+    cr_assert_gt(st.meta_bytes, meta0, "chunk records");
 
     seal_checked(cache, a);
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.open_chunks, 1);
     cr_assert_eq(st.sealed_chunks, 1);
-    cr_assert_eq(st.protection_changes, 3);
+    cr_assert_eq(st.protection_changes, 4);
+    cr_assert_eq(st.system_calls, 5, "a seal is one mprotect");
 
     free_checked(cache, a);
     code_cache_get_stats(cache, &st);
-    cr_assert_eq(st.committed, 3 * PAGE);
+    cr_assert_eq(st.in_use, 3 * PAGE);
+    cr_assert_eq(st.committed, 3 * PAGE + step - 3 * PAGE);
     cr_assert_eq(st.free, 61 * PAGE);
     cr_assert_eq(st.never_used, 59 * PAGE);
     cr_assert_eq(st.free_spans, 1);
     cr_assert_eq(st.open_chunks, 1);
     cr_assert_eq(st.sealed_chunks, 0);
     cr_assert_eq(st.chunks_allocated, 2);
-    cr_assert_eq(st.protection_changes, 4);
+    cr_assert_eq(st.protection_changes, 5);
+    cr_assert_eq(st.system_calls, 7, "a free is mprotect and madvise");
 
     free_checked(cache, b);
     code_cache_get_stats(cache, &st);
-    cr_assert_eq(st.committed, 0);
+    cr_assert_eq(st.in_use, 0);
+    cr_assert_eq(st.committed, st.committed_ahead);
     cr_assert_eq(st.free, 64 * PAGE);
     cr_assert_eq(st.free_spans, 1, "b coalesced with a's span");
     cr_assert_eq(st.open_chunks + st.sealed_chunks, 0);

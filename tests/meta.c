@@ -74,17 +74,19 @@ Test(meta, freeing_every_chunk_leaves_only_the_fixed_records)
     code_cache_get_stats(cache, &st);
     size_t empty = st.meta_bytes;
 
-    /* Two rounds fill the record FIFO: freed records are reused only while more than 16 wait
-     * (the double-free quarantine), so the second round adds up to 16 records. */
+    /* Three rounds fill the record FIFO: freed records are reused only while more than 64 wait
+     * (the double-free quarantine), so rounds two and three add up to 64 records. */
+    churn(cache, far, 40, 6);
     churn(cache, far, 40, 6);
     churn(cache, far, 40, 6);
     code_cache_get_stats(cache, &st);
     size_t steady = st.meta_bytes;
-    /* What stays: at most 40 + 16 chunk records, kept for reuse (48 bytes each), and the
-     * free-span bitmaps (one word each for 64 pages, in jemalloc's smallest class). No veneer
-     * table survives its chunk. */
-    cr_assert_leq(steady - empty, (40 + 16) * 48 + 2 * 16, "%zu bytes stayed after freeing",
-                  steady - empty);
+    /* What stays: the record table, slabs of 64 and 128 records of 56 bytes, enough for the
+     * 40 + 64 records kept for reuse; the find index's first slab (1024 words of 4 bytes); the
+     * three free-span bitmaps (one word each for 64 pages, in jemalloc's smallest class). No
+     * veneer table survives its chunk. */
+    cr_assert_leq(steady - empty, (64 + 128) * 56 + 1024 * 4 + 3 * 16,
+                  "%zu bytes stayed after freeing", steady - empty);
     expect_meta_matches(cache, baseline);
 
     for (int round = 0; round < 3; round++) {
@@ -137,7 +139,7 @@ Test(meta, two_caches_keep_separate_bookkeeping)
     code_cache_get_stats(b, &sb2);
     cr_assert_eq(sb2.meta_bytes, sb.meta_bytes, "b's arena saw a's records");
     code_cache_get_stats(a, &sa);
-    cr_assert_geq(sa.meta_bytes, sb.meta_bytes + 20 * 48, "20 chunk records of 48 bytes");
+    cr_assert_geq(sa.meta_bytes, sb.meta_bytes + 20 * 56, "20 chunk records of 56 bytes");
     code_cache_destroy(b);
     check_maps(a);
     for (int i = 0; i < 20; i++)
@@ -169,8 +171,13 @@ Test(meta, create_destroy_cycles_do_not_grow_the_address_space)
     size_t growth = after > before ? after - before : 0;
     cr_log_info("%d create/destroy cycles: VmSize %zu -> %zu KiB", cycles, before >> 10,
                 after >> 10);
-    cr_assert_leq(growth, (size_t)4 << 20, "%d cycles grew VmSize by %zu KiB", cycles,
-                  growth >> 10);
+    /* Under valgrind, memcheck's shadow memory grows too: each cycle places its cache at a new
+     * random address and touches a few fresh 64 KiB stretches of address space (the exec probe's
+     * page, the first step committed), each costing a secondary shadow map that memcheck keeps
+     * (measured: about 28 KiB a cycle, and none natively). Still two orders of magnitude below
+     * the 2 MiB per cycle this test is about. */
+    const size_t allowed = test_under_valgrind() ? (size_t)cycles * (64 << 10) : (size_t)4 << 20;
+    cr_assert_leq(growth, allowed, "%d cycles grew VmSize by %zu KiB", cycles, growth >> 10);
 }
 
 Test(meta, memcheck_sees_the_records)

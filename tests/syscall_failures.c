@@ -48,11 +48,12 @@ Test(syscall_failures, alloc_fails_cleanly_when_mprotect_fails)
     struct code_cache *cache = test_cache_near_helper(16 * PAGE);
     struct code_cache_stats st;
     code_cache_get_stats(cache, &st);
-    fault_inject(FAULT_MPROTECT, PROT_READ | PROT_WRITE, 1, ENOMEM);
+    /* Every commit fails: the step ahead, then the chunk alone. */
+    fault_inject(FAULT_MPROTECT, PROT_READ | PROT_WRITE, 0, ENOMEM);
     errno = 0;
     cr_assert_null(code_cache_alloc(cache, 2 * PAGE));
     cr_assert_eq(errno, ENOMEM);
-    cr_assert_eq(fault_failures(), 1);
+    cr_assert_eq(fault_failures(), 2);
     expect_same_stats(cache, &st, "alloc");
     check_maps(cache);
     fault_clear();
@@ -78,12 +79,35 @@ Test(syscall_failures, populate_unknown_to_the_kernel_is_harmless)
     code_cache_destroy(cache);
 }
 
+Test(syscall_failures, a_step_ahead_that_cannot_be_committed_does_not_fail_the_alloc)
+{
+    struct code_cache *cache = test_cache_near_helper(64 * PAGE);
+    for (int kind = 0; kind < 2; kind++) {
+        if (kind == 0)
+            fault_inject(FAULT_MPROTECT, PROT_READ | PROT_WRITE, 1, ENOMEM);
+        else
+            fault_inject(FAULT_MADVISE, MADV_POPULATE_WRITE, 1, ENOMEM);
+        struct code_chunk *chunk = code_cache_alloc(cache, 2 * PAGE);
+        cr_assert_not_null(chunk, "the chunk alone is committed: %s", strerror(errno));
+        cr_assert_eq(fault_failures(), 1);
+        fault_clear();
+        struct code_cache_stats st;
+        code_cache_get_stats(cache, &st);
+        cr_assert_eq(st.committed_ahead, 0, "nothing ahead after the step failed");
+        check_maps(cache);
+        jit_fn fn = emit_call(chunk, helper_triple, kind);
+        cr_assert_eq(code_chunk_seal(chunk), 0);
+        cr_assert_eq(fn(), 3 * kind + 1);
+    }
+    code_cache_destroy(cache);
+}
+
 Test(syscall_failures, alloc_fails_with_ENOMEM_when_populate_fails)
 {
     struct code_cache *cache = test_cache_near_helper(16 * PAGE);
     struct code_cache_stats st;
     code_cache_get_stats(cache, &st);
-    fault_inject(FAULT_MADVISE, MADV_POPULATE_WRITE, 1, ENOMEM);
+    fault_inject(FAULT_MADVISE, MADV_POPULATE_WRITE, 0, ENOMEM);
     errno = 0;
     cr_assert_null(code_cache_alloc(cache, 4 * PAGE));
     cr_assert_eq(errno, ENOMEM);
@@ -195,13 +219,14 @@ Test(syscall_failures, free_that_cannot_discard_leaves_dirty_pages_discarded_bef
     cr_assert_not_null(other);
 
     /* The old code is still in memory; reusing the span must discard it first, and a discard
-     * that fails again makes the allocation fail without handing out old code. */
-    fault_inject(FAULT_MADVISE, MADV_DONTNEED, 1, EAGAIN);
+     * that fails again makes the allocation fail without handing out old code. (The failed
+     * allocation releases the pages again, and that discard fails too: they stay dirty.) */
+    fault_inject(FAULT_MADVISE, MADV_DONTNEED, 0, EAGAIN);
     code_cache_get_stats(cache, &st);
     errno = 0;
     cr_assert_null(code_cache_alloc(cache, 2 * PAGE));
     cr_assert_eq(errno, EAGAIN);
-    cr_assert_eq(fault_failures(), 1);
+    cr_assert_eq(fault_failures(), 2);
     expect_same_stats(cache, &st, "alloc of a dirty span");
     check_maps(cache);
 
