@@ -5,7 +5,7 @@
  *      libcodecache batching N functions per chunk (one mprotect to seal each chunk), against
  *      (a) one region and one mprotect at the end (the floor: nothing can be cheaper and still
  *      end W^X), (b) one page and one mprotect per function, (c) one mmap per function, and
- *      (d) asmjit's JitAllocator when it was found by configure (bench/alloc_asmjit.cc).
+ *      (d) asmjit's JitAllocator when it was found by configure (bench/asmjit_baseline.cc).
  *   2. code_chunk_alloc alone (a bump inside a chunk), per call; against an inlined bump.
  *   3. Bookkeeping bytes per chunk (code_cache_get_stats().meta_bytes).
  *
@@ -31,7 +31,7 @@
 
 #include "code_cache.h"
 #include "bench.h"
-#include "alloc_asmjit.h"
+#include "asmjit_baseline.h"
 
 #define PAGE      ((size_t)4096)
 #define MIB       ((size_t)1 << 20)
