@@ -2,7 +2,8 @@
  * bench/alloc: what W^X code memory costs.
  *
  *   1. 1,000,000 functions of 64 bytes (and of 1 KiB) allocated, written and sealed: with
- *      libcodecache batching N functions per chunk (one mprotect to seal each chunk), against
+ *      libcodecache batching N functions per chunk (one mprotect to seal each chunk; with the
+ *      dual-mapped backend, CODE_CACHE_DUAL_MAP, no system call to seal), against
  *      (a) one region and one mprotect at the end (the floor: nothing can be cheaper and still
  *      end W^X), (b) one page and one mprotect per function, (c) one mmap per function, and
  *      (d) asmjit's JitAllocator when it was found by configure (bench/asmjit_baseline.cc).
@@ -140,12 +141,12 @@ static double mmap_per_function(size_t fsize)
     return t;
 }
 
-/* libcodecache, per_chunk functions per chunk, one seal per chunk. */
-static double cache_batched(size_t fsize, size_t per_chunk, int *failed)
+/* libcodecache, per_chunk functions per chunk, one seal per chunk; flags picks the backend. */
+static double cache_batched(size_t fsize, size_t per_chunk, unsigned flags, int *failed)
 {
     size_t chunk_bytes = (per_chunk * fsize + PAGE - 1) / PAGE * PAGE;
     size_t chunks = (FUNCTIONS + per_chunk - 1) / per_chunk;
-    struct code_cache_options o = {.size = chunks * chunk_bytes};
+    struct code_cache_options o = {.size = chunks * chunk_bytes, .flags = flags};
     const void *last = NULL;
     double t0 = bench_now_ns();
     struct code_cache *cache = code_cache_create(&o);
@@ -187,9 +188,9 @@ static void million_functions(size_t fsize, int reps)
 {
     static const size_t batches[] = {1, 16, 256, 4096};
     enum { NB = sizeof batches / sizeof batches[0] };
-    struct bench_samples floor = {0}, page = {0}, lib[NB] = {{0}};
+    struct bench_samples floor = {0}, page = {0}, lib[NB] = {{0}}, dual[NB] = {{0}};
     struct bench_samples jit = {0}, jit_dual = {0};
-    int failed[NB] = {0};
+    int failed[NB] = {0}, dual_failed[NB] = {0};
     bench_code_template(template_code, fsize);
     /* Interleaved: each repetition measures every variant once, so slow phases of a noisy
      * machine spread over all of them instead of landing on one. */
@@ -197,11 +198,17 @@ static void million_functions(size_t fsize, int reps)
         bench_add(&floor, floor_one_region(fsize));
         for (size_t b = 0; b < NB; b++) {
             int err = 0;
-            double t = cache_batched(fsize, batches[b], &err);
+            double t = cache_batched(fsize, batches[b], 0, &err);
             if (err != 0)
                 failed[b] = err;
             else
                 bench_add(&lib[b], t);
+            err = 0;
+            t = cache_batched(fsize, batches[b], CODE_CACHE_DUAL_MAP, &err);
+            if (err != 0)
+                dual_failed[b] = err;
+            else
+                bench_add(&dual[b], t);
         }
         bench_add(&page, page_per_function(fsize));
 #ifdef BENCH_HAVE_ASMJIT
@@ -229,6 +236,20 @@ static void million_functions(size_t fsize, int reps)
             bench_note("libcodecache %zu per chunk failed: %s", batches[b], strerror(failed[b]));
         bench_free(&lib[b]);
     }
+    for (size_t b = 0; b < NB; b++) {
+        struct bench_summary ds = bench_summarize(&dual[b]);
+        snprintf(name, sizeof name, "alloc/%zuB/libcodecache dual %zu per chunk", fsize,
+                 batches[b]);
+        bench_line(name, "ns", &ds, "one-region-one-mprotect", &fs);
+        if (js.n > 0)
+            bench_line(name, "ns", &ds, "asmjit-JitAllocator", &js);
+        if (jds.n > 0)
+            bench_line(name, "ns", &ds, "asmjit-JitAllocator-dual", &jds);
+        if (dual_failed[b] != 0)
+            bench_note("libcodecache dual %zu per chunk failed: %s", batches[b],
+                       strerror(dual_failed[b]));
+        bench_free(&dual[b]);
+    }
     snprintf(name, sizeof name, "alloc/%zuB/page-per-function (mprotect each)", fsize);
     bench_line(name, "ns", &ps, "one-region-one-mprotect", &fs);
 #ifdef BENCH_HAVE_ASMJIT
@@ -242,7 +263,6 @@ static void million_functions(size_t fsize, int reps)
 #else
     bench_note("asmjit's JitAllocator not measured: configure did not find libasmjit-dev");
 #endif
-    bench_note("libcodecache's dual-map backend does not exist yet: not measured");
     bench_free(&floor);
     bench_free(&page);
     bench_free(&jit);
