@@ -496,10 +496,11 @@ struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
             }
             if (first == SIZE_MAX) {
                 debug_log("alloc: no span of %zu bytes left: %zu never used, %zu free in %zu "
-                          "freed spans: ENOSPC",
+                          "freed spans, the largest %zu bytes: ENOSPC",
                           n << cache->granule_shift,
                           (cache->ngranules - cache->bump) << cache->granule_shift,
-                          cache->free_granules << cache->granule_shift, spans_holes(&cache->spans));
+                          cache->free_granules << cache->granule_shift, spans_holes(&cache->spans),
+                          spans_largest_run(&cache->spans) << cache->granule_shift);
                 errno = ENOSPC;
                 goto fail_record;
             }
