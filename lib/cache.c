@@ -35,7 +35,8 @@
 #include "internal.h"
 #include "place.h"
 
-static const unsigned known_flags = CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP;
+static const unsigned known_flags =
+    CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN;
 
 /* Commit-ahead steps: the first, and the largest (FACTS.md). */
 #define CACHE_AHEAD_MIN ((size_t)64 << 10)
@@ -119,7 +120,10 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
     os_init();
     const size_t page = os_page_size;
 
-    if ((opts->flags & ~known_flags) != 0 || opts->reach > arch_default_reach ||
+    const struct wx_ops *wx = (opts->flags & CODE_CACHE_DUAL_MAP) ? &wx_dual : &wx_mprotect;
+    const unsigned backend_flags = wx_dual.flags | wx_mprotect.flags;
+    if ((opts->flags & ~known_flags) != 0 || (opts->flags & backend_flags & ~wx->flags) != 0 ||
+        opts->reach > arch_default_reach ||
         ((opts->flags & CODE_CACHE_NEAR_OBJECT) && opts->near == NULL)) {
         errno = EINVAL;
         return NULL;
@@ -159,7 +163,7 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
     cache->meta = meta;
     cache->flags = opts->flags;
     cache->fd = -1;
-    cache->wx = (opts->flags & CODE_CACHE_DUAL_MAP) ? &wx_dual : &wx_mprotect;
+    cache->wx = wx;
 
     struct place_request req = {
         .target_lo = tlo, .target_hi = thi, .reach = reach, .size = map_size};
@@ -585,7 +589,7 @@ static void cache_release_ready(struct code_cache *cache)
     cache_end_outside(cache);
 }
 
-void cache_reclaim(struct code_cache *cache, struct code_chunk *chunk)
+void cache_reclaim(struct code_cache *cache, struct code_chunk *chunk, bool sealed)
 {
     const unsigned shift = cache->granule_shift;
     const uint64_t extent = chunk_load_extent(chunk);
@@ -596,7 +600,7 @@ void cache_reclaim(struct code_cache *cache, struct code_chunk *chunk)
     if (frozen)
         ; /* the parent's code: neither written nor released, and never reused here */
     else if (cache->wx->freed_stays_ready)
-        cache->wx->scrub(cache, first << shift, n << shift);
+        rc = cache->wx->scrub(cache, first << shift, n << shift, sealed);
     else
         rc = cache->wx->release(cache, first << shift, n << shift, &discarded);
 

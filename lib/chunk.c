@@ -332,6 +332,9 @@ int code_chunk_patch(struct code_chunk *chunk, void *rx, const void *bytes, size
         return -1;
     }
     unsigned char *rw = (unsigned char *)whole.rw + (at - lo);
+    const size_t off = chunk_offset(chunk) + (at - lo);
+    if (cache->wx->patch_begin != NULL && cache->wx->patch_begin(cache, off, len) != 0)
+        return -1;
     uintptr_t word = align_down(at, 8);
     if (at + len <= word + 8) {
         /* Inside one aligned 8-byte word: one atomic store of the merged word, so a thread
@@ -348,6 +351,8 @@ int code_chunk_patch(struct code_chunk *chunk, void *rx, const void *bytes, size
     } else {
         memcpy(rw, bytes, len);
     }
+    if (cache->wx->patch_end != NULL)
+        cache->wx->patch_end(cache, off, len);
     wx_publish(at, len);
     return 0;
 }
@@ -388,7 +393,7 @@ void code_chunk_free(struct code_chunk *chunk)
     find_clear(cache, chunk_first(extent), chunk_granules(extent));
     cache->in_flight++;
     cache_unlock(cache);
-    cache_reclaim(cache, chunk);
+    cache_reclaim(cache, chunk, state == CHUNK_SEALED);
 }
 
 /* The veneer of this chunk that jumps to target, or NULL. */
