@@ -86,12 +86,15 @@ struct code_span {
  * falls back to rwx or to the other backend. */
 #define CODE_CACHE_DUAL_MAP 0x2u
 
-/* With CODE_CACHE_DUAL_MAP: a page of the RW view is made read-only once every granule on it is
- * SEALED, and writable again before anything is written there (alloc, free, patch). A stray write
- * through the RW view then faults instead of changing sealed code, at the cost of one mprotect
- * per page sealed and per page written again (bench/README.md: "Hardening the RW view"). Off by
- * default: the measured cost is a system call per small function, which is what the dual
- * backend exists to avoid. */
+/* With CODE_CACHE_DUAL_MAP: a page of the RW view is made read-only once every granule on it
+ * belongs to a SEALED chunk, and writable again before anything is written there (a free's traps,
+ * a patch). A stray write through the RW view to finished code then faults instead of changing
+ * it. The cost: an mprotect per page filled with sealed code and per page written again (two per
+ * patch), each a TLB shootdown in a multi-threaded process, and a mapping per read-only run of
+ * pages. Off by default, because it brings back system calls the dual backend exists to avoid;
+ * bench/README.md ("Hardening the RW view") has the measured cost. Without it, the RW view's
+ * address is kept only in the cache's bookkeeping and in the spans the calls return: never in the
+ * code region or in the chunk records, and it is not derived from the code's address. */
 #define CODE_CACHE_DUAL_HARDEN 0x4u
 
 /* Options for code_cache_create. All zero means: a 64 MiB cache anywhere, mprotect backend. */

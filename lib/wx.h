@@ -21,6 +21,7 @@ struct wx_ops {
     bool freed_stays_ready; /* dual: a freed span keeps its memory (traps) until released in a
                                batch; mprotect: freeing releases the pages at once */
     bool can_patch;         /* code_chunk_patch is possible (a second, writable view) */
+    unsigned flags;         /* the CODE_CACHE_* flags that only this backend accepts */
 
     /* After placement: the views over the reservation [cache->base, + cache->size). */
     int (*open)(struct code_cache *cache);
@@ -33,8 +34,13 @@ struct wx_ops {
     /* Pages [off, off + len) -> inaccessible, memory given back. *discarded false when the memory
      * could not be given back (the pages are inaccessible all the same). */
     int (*release)(struct code_cache *cache, size_t off, size_t len, bool *discarded);
-    /* A freed span that stays ready (freed_stays_ready): its bytes become traps. */
-    void (*scrub)(struct code_cache *cache, size_t off, size_t len);
+    /* A freed span that stays ready (freed_stays_ready): its bytes become traps. sealed: the
+     * chunk was SEALED when it was freed. 0, or -1 + errno when the span cannot be written. */
+    int (*scrub)(struct code_cache *cache, size_t off, size_t len, bool sealed);
+    /* Around a write into sealed code (code_chunk_patch), for backends that can: the span is
+     * writable between begin (0, or -1 + errno) and end. */
+    int (*patch_begin)(struct code_cache *cache, size_t off, size_t len);
+    void (*patch_end)(struct code_cache *cache, size_t off, size_t len);
 };
 
 extern const struct wx_ops wx_mprotect;

@@ -76,10 +76,13 @@ const struct wx_ops wx_mprotect = {
     .granule_shift = 0,
     .freed_stays_ready = false,
     .can_patch = false,
+    .flags = 0,
     .open = mprotect_open,
     .close = mprotect_close,
     .commit = mprotect_commit,
     .seal = mprotect_seal,
     .release = mprotect_release,
     .scrub = NULL,
+    .patch_begin = NULL,
+    .patch_end = NULL,
 };

@@ -216,9 +216,12 @@ int main(void)
     if (!json_jit_supported()) {
         printf("jsonjit: no code generator for this architecture (x86-64 only): "
                "showing the interpreter alone.\n\n");
+    } else if ((jit = json_jit_create(NULL)) == NULL && errno == EACCES) {
+        printf("jsonjit: this system refuses executable memory (code_cache_create: EACCES;\n"
+               "  SELinux execmem, a seccomp filter, MemoryDenyWriteExecute...): showing the\n"
+               "  interpreter alone.\n\n");
     } else {
         /* The second JIT shares the first one's cache: the same placement, other call forms. */
-        jit = json_jit_create(NULL);
         indirect = jit != NULL ? json_jit_create(json_jit_cache(jit)) : NULL;
         if (indirect != NULL)
             json_jit_set_indirect_calls(indirect, true);
