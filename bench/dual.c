@@ -1,21 +1,27 @@
 /*
  * bench/dual: the dual-mapped backend (CODE_CACHE_DUAL_MAP) for one function at a time, against
  * the mprotect backend and asmjit's JitAllocator in its two modes (rwx, its default, which keeps
- * no W^X at all; and dual-mapped, which does), at 64 B, 256 B, 1 KiB and 4 KiB per function.
+ * no W^X at all; and dual-mapped, which does), at 64 B, 256 B, 1 KiB and 4 KiB per function. The
+ * dual backend is measured twice: as it is, and with CODE_CACHE_DUAL_HARDEN (pages of the RW view
+ * read-only while full of sealed code).
  *
  *   1. 100,000 functions are made live (allocated, written, sealed, called once), and what they
  *      cost in memory is read: Rss and Pss of the process (Pss counts a page mapped in both views
  *      once, Rss twice), the pages of the cache's memory file (fstat of /proc/self/fd), the
- *      library's stats.committed, meta_bytes and meta_resident, asmjit's own statistics.
+ *      library's stats.committed, meta_bytes and meta_resident, asmjit's own statistics. Then
+ *      once more after each of them was replaced once (freed, a new one made), oldest first.
+ *      Each implementation is measured while the others are idle.
  *   2. With those 100,000 alive, one operation frees the oldest function and allocates, writes,
  *      seals and calls a new one (a FIFO); and, on the side, the tight loop with nothing else
  *      alive: allocate, write, seal, call, free. Time on the thread's CPU clock, per function;
  *      system calls per function (the library's stats.system_calls, the calls interposed in this
- *      program, and the kernel's count on perf tracepoints in a separate, untimed run).
+ *      program, and the kernel's count on perf tracepoints in a separate, untimed run). The
+ *      caches are large enough never to be exhausted: bench/onefn shows what happens after.
  *   3. code_chunk_patch: an 8-byte patch (one atomic store) and a 16-byte one, on sealed code of
- *      a dual-mapped cache, against a plain store into writable memory (what an rwx JIT does) and
- *      against making a page writable and executable again around the store (what a JIT with one
- *      view must do: two mprotect calls).
+ *      a dual-mapped cache (and of one with CODE_CACHE_DUAL_HARDEN, its page full of sealed code
+ *      and so read-only in the RW view), against a plain store into writable memory (what an rwx
+ * JIT does) and against making a page writable and executable again around the store (what a JIT
+ * with one view must do: two mprotect calls).
  *
  * The batch of 1,000,000 functions of 64 B, 256 per chunk, on the dual backend is in bench/alloc.
  */
@@ -40,9 +46,10 @@
 
 static unsigned char template_code[4096];
 
-enum impl { DUAL, MPROTECT, JIT_RWX, JIT_DUAL, NIMPL };
-static const char *const impl_name[NIMPL] = {"libcodecache dual", "libcodecache mprotect",
-                                             "asmjit rwx", "asmjit dual-mapped"};
+enum impl { DUAL, DUAL_HARDEN, MPROTECT, JIT_RWX, JIT_DUAL, NIMPL };
+static const char *const impl_name[NIMPL] = {"libcodecache dual", "libcodecache dual+HARDEN",
+                                             "libcodecache mprotect", "asmjit rwx",
+                                             "asmjit dual-mapped"};
 
 struct fn {
     void *handle; /* struct code_chunk *, or the rx address for asmjit */
@@ -76,24 +83,36 @@ static void die(const char *what)
     exit(2);
 }
 
-static size_t cache_size_for(size_t live_bytes)
+/* Allocations an implementation makes in one_size: the fill, the untimed churn, the timed
+ * repetitions (FIFO and tight) and the counting runs. */
+static size_t allocations(int reps)
+{
+    return 2 * (size_t)LIVE + ((size_t)reps + 1) * 2 * OPS_TIMED;
+}
+
+/* Large enough that none of them is ever served from freed space (bench/onefn measures that
+ * regime): at least 64 MiB, a power of two. */
+static size_t cache_size_for(size_t bytes)
 {
     size_t size = 64 * MIB;
-    while (size < live_bytes * 5 / 2)
+    while (size < bytes + bytes / 4)
         size *= 2;
     return size;
 }
 
-static void impl_open(struct impl_state *s, enum impl impl, size_t size)
+static void impl_open(struct impl_state *s, enum impl impl, size_t size, int reps)
 {
     *s = (struct impl_state){.impl = impl, .size = size, .available = true};
     s->ring = calloc(LIVE, sizeof *s->ring);
     if (s->ring == NULL)
         die("dual: calloc");
-    if (impl == DUAL || impl == MPROTECT) {
-        size_t chunk = impl == DUAL ? (size + 63) / 64 * 64 : (size + PAGE - 1) / PAGE * PAGE;
-        struct code_cache_options o = {.size = cache_size_for((size_t)LIVE * chunk),
-                                       .flags = impl == DUAL ? CODE_CACHE_DUAL_MAP : 0};
+    if (impl == DUAL || impl == DUAL_HARDEN || impl == MPROTECT) {
+        size_t chunk = impl != MPROTECT ? (size + 63) / 64 * 64 : (size + PAGE - 1) / PAGE * PAGE;
+        unsigned flags = impl == DUAL          ? CODE_CACHE_DUAL_MAP
+                         : impl == DUAL_HARDEN ? CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN
+                                               : 0;
+        struct code_cache_options o = {.size = cache_size_for(allocations(reps) * chunk),
+                                       .flags = flags};
         s->cache = code_cache_create(&o);
         if (s->cache == NULL)
             die("dual: code_cache_create");
@@ -155,7 +174,7 @@ static void mem_read(struct impl_state *s, int when)
     struct bench_mem m = bench_mem_read();
     s->rss[when] = ((double)m.rss - (double)s->mem0.rss) / LIVE;
     s->pss[when] = ((double)m.pss - (double)s->mem0.pss) / LIVE;
-    s->file[when] = s->impl == DUAL
+    s->file[when] = s->impl == DUAL || s->impl == DUAL_HARDEN
                         ? ((double)bench_memfd_bytes("/memfd:codecache") - (double)s->memfd0) / LIVE
                         : 0;
     if (s->cache != NULL) {
@@ -163,7 +182,9 @@ static void mem_read(struct impl_state *s, int when)
         code_cache_get_stats(s->cache, &st);
         s->committed[when] = (double)st.committed / LIVE;
         s->meta[when] = (double)st.meta_bytes / LIVE;
-        s->meta_res[when] = ((double)st.meta_resident - (double)s->meta_res0) / LIVE;
+        /* The arena's whole resident memory: an arena reused from the library's pool keeps the
+         * pages of the cache that had it before, so a difference would hide them. */
+        s->meta_res[when] = (double)st.meta_resident / LIVE;
     }
 #ifdef BENCH_HAVE_ASMJIT
     else {
@@ -189,6 +210,13 @@ static void impl_fill(struct impl_state *s)
     for (size_t i = 0; i < LIVE; i++)
         s->ring[i] = fn_new(s);
     mem_read(s, 0);
+    /* Every live function replaced once, oldest first; memory read again while the others
+     * are idle, so that the difference is this implementation's alone. */
+    for (size_t i = 0; i < LIVE; i++) {
+        fn_free(s, s->ring[i]);
+        s->ring[i] = fn_new(s);
+    }
+    mem_read(s, 1);
 }
 
 static size_t impl_syscalls(const struct impl_state *s)
@@ -264,7 +292,7 @@ static void one_size(size_t size, int reps)
     struct impl_state st[NIMPL];
     bench_code_template(template_code, size);
     for (int i = 0; i < NIMPL; i++) {
-        impl_open(&st[i], (enum impl)i, size);
+        impl_open(&st[i], (enum impl)i, size, reps);
         impl_fill(&st[i]);
     }
     for (int rep = 0; rep < reps; rep++)
@@ -278,11 +306,9 @@ static void one_size(size_t size, int reps)
         if (!st[i].available)
             continue;
         for (int kind = 0; kind < 2; kind++) {
-            st[i].calls_sys[kind] =
-                (double)st[i].calls_total[kind] / (double)st[i].ops[kind];
+            st[i].calls_sys[kind] = (double)st[i].calls_total[kind] / (double)st[i].ops[kind];
             st[i].stats_sys[kind] = (double)st[i].stats_total[kind] / (double)st[i].ops[kind];
         }
-        mem_read(&st[i], 1);
         impl_count(&st[i], 0);
         impl_count(&st[i], 1);
     }
@@ -321,7 +347,7 @@ static void one_size(size_t size, int reps)
             printf("-\n");
     }
     printf("dual: memory per live function of %zu B with %d alive, in bytes: after filling | "
-           "after the timed churn\n",
+           "after replacing each once\n",
            size, LIVE);
     for (int i = 0; i < NIMPL; i++) {
         const struct impl_state *s = &st[i];
@@ -331,16 +357,24 @@ static void one_size(size_t size, int reps)
         for (int w = 0; w < 2; w++) {
             printf(" %s Pss %.0f (%.3gx code), Rss %.0f", w ? "|" : "", s->pss[w],
                    s->pss[w] / (double)size, s->rss[w]);
-            if (s->impl == DUAL)
+            if (s->impl == DUAL || s->impl == DUAL_HARDEN)
                 printf(", file %.0f", s->file[w]);
             if (s->cache != NULL)
                 printf(", committed %.0f (%.3gx), meta_bytes %.1f, meta_resident %.1f",
-                       s->committed[w], s->committed[w] / (double)size, s->meta[w],
-                       s->meta_res[w]);
+                       s->committed[w], s->committed[w] / (double)size, s->meta[w], s->meta_res[w]);
             else
                 printf(", asmjit blocks %.0f, overhead %.1f", s->committed[w], s->meta[w]);
         }
         printf("\n");
+    }
+    for (int i = 0; i < NIMPL; i++) {
+        struct code_cache_stats cs;
+        if (st[i].cache == NULL)
+            continue;
+        code_cache_get_stats(st[i].cache, &cs);
+        bench_note("%s: a %zu MiB cache, %s", impl_name[i], cs.reserved / MIB,
+                   cs.never_used > 0 ? "never exhausted (no chunk came from freed space)"
+                                     : "EXHAUSTED: some chunks came from freed space");
     }
     for (int i = 0; i < NIMPL; i++)
         impl_close(&st[i]);
@@ -371,27 +405,38 @@ static uint64_t call_patchable(const unsigned char *rx)
     return fn();
 }
 
-static void patch_bench(int reps)
+/* A sealed chunk of a whole page holding the patchable function at its start (so that, with
+ * CODE_CACHE_DUAL_HARDEN, the page is full of sealed code and read-only in the RW view). */
+static struct code_chunk *patchable_chunk(struct code_cache *cache, unsigned char **rx)
 {
-    struct code_cache_options o = {.flags = CODE_CACHE_DUAL_MAP};
-    struct code_cache *cache = code_cache_create(&o);
-    if (cache == NULL)
-        die("dual: code_cache_create (patch)");
-    struct code_chunk *chunk = code_cache_alloc(cache, 64);
-    struct code_span s = code_chunk_alloc(chunk, 32, 8);
-    if (chunk == NULL || s.rw == NULL)
+    struct code_chunk *chunk = code_cache_alloc(cache, PAGE);
+    struct code_span s = chunk != NULL ? code_chunk_alloc(chunk, 32, 8) : (struct code_span){0};
+    if (s.rw == NULL)
         die("dual: code_cache_alloc (patch)");
     write_patchable(s.rw, 1);
     if (code_chunk_seal(chunk) != 0)
         die("dual: code_chunk_seal (patch)");
-    unsigned char *rx = s.rx;
+    *rx = s.rx;
+    return chunk;
+}
+
+static void patch_bench(int reps)
+{
+    struct code_cache_options o = {.flags = CODE_CACHE_DUAL_MAP};
+    struct code_cache_options oh = {.flags = CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN};
+    struct code_cache *cache = code_cache_create(&o), *hcache = code_cache_create(&oh);
+    if (cache == NULL || hcache == NULL)
+        die("dual: code_cache_create (patch)");
+    unsigned char *rx, *hrx;
+    struct code_chunk *chunk = patchable_chunk(cache, &rx);
+    struct code_chunk *hchunk = patchable_chunk(hcache, &hrx);
 
     /* The floor: a plain aligned store into writable memory, as a JIT with rwx code does. */
     unsigned char *plain = mmap(NULL, PAGE, PROT_READ | PROT_WRITE | PROT_EXEC,
                                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     /* One view with W^X: the page made writable around the store, then executable again. */
-    unsigned char *flip = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
-                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    unsigned char *flip =
+        mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     if (plain == MAP_FAILED || flip == MAP_FAILED)
         die("dual: mmap (patch)");
     write_patchable(plain, 1);
@@ -399,7 +444,7 @@ static void patch_bench(int reps)
     if (mprotect(flip, PAGE, PROT_READ | PROT_EXEC) != 0)
         die("dual: mprotect (patch)");
 
-    struct bench_samples lib8 = {0}, lib16 = {0}, store = {0}, flips = {0};
+    struct bench_samples lib8 = {0}, lib16 = {0}, store = {0}, flips = {0}, hard8 = {0};
     unsigned char bytes16[16];
     memcpy(bytes16, rx, 16);
     for (int rep = 0; rep < reps; rep++) {
@@ -410,6 +455,16 @@ static void patch_bench(int reps)
         bench_add(&lib8, (bench_thread_cpu_ns() - t0) / PATCHES);
         if (call_patchable(rx) != PATCHES - 1) {
             fprintf(stderr, "dual: the patched function returned the wrong value\n");
+            exit(1);
+        }
+
+        t0 = bench_thread_cpu_ns();
+        for (uint64_t v = 0; v < PATCHES_FLIPS; v++)
+            if (code_chunk_patch(hchunk, hrx + 8, &v, 8) != 0)
+                die("dual: code_chunk_patch (hardened)");
+        bench_add(&hard8, (bench_thread_cpu_ns() - t0) / PATCHES_FLIPS);
+        if (call_patchable(hrx) != PATCHES_FLIPS - 1) {
+            fprintf(stderr, "dual: the hardened patched function returned the wrong value\n");
             exit(1);
         }
 
@@ -457,13 +512,16 @@ static void patch_bench(int reps)
     code_cache_destroy(mcache);
 
     struct bench_summary l8 = bench_summarize(&lib8), l16 = bench_summarize(&lib16),
-                         st = bench_summarize(&store), fl = bench_summarize(&flips);
+                         st = bench_summarize(&store), fl = bench_summarize(&flips),
+                         h8 = bench_summarize(&hard8);
     printf("dual: patching sealed code, CPU time per patch (%d patches per repetition; %d for "
-           "mprotect)\n",
+           "mprotect and HARDEN)\n",
            PATCHES, PATCHES_FLIPS);
     bench_line("patch/plain 8-byte store into rwx memory", "ns", &st, NULL, NULL);
     bench_line("patch/code_chunk_patch 8 B (atomic), dual", "ns", &l8, "plain store", &st);
     bench_line("patch/code_chunk_patch 16 B, dual", "ns", &l16, "plain store", &st);
+    bench_line("patch/code_chunk_patch 8 B, dual+HARDEN, full page", "ns", &h8, "patch 8 B dual",
+               &l8);
     bench_line("patch/mprotect rw, store, mprotect rx (one view)", "ns", &fl, "plain store", &st);
     bench_line("patch/mprotect rw, store, mprotect rx (one view)", "ns", &fl, "patch 8 B dual",
                &l8);
@@ -473,12 +531,18 @@ static void patch_bench(int reps)
     bench_free(&lib16);
     bench_free(&store);
     bench_free(&flips);
+    bench_free(&hard8);
+    code_cache_destroy(hcache);
     munmap(plain, PAGE);
     munmap(flip, PAGE);
     code_cache_destroy(cache);
     fflush(stdout);
 }
 
+/* dual SIZE (64, 256, 1024 or 4096) measures one size; dual patch the patches; no argument, all of
+ * it. make bench-run runs each part in a process of its own, so that every cache gets a new
+ * jemalloc arena rather than one reused from the pool (whose pages stay resident, which would
+ * hide bookkeeping from the Pss difference). */
 int main(int argc, char **argv)
 {
     static const size_t sizes[] = {64, 256, 1024, 4096};
@@ -490,11 +554,13 @@ int main(int argc, char **argv)
 #else
     bench_note("asmjit's JitAllocator not measured: configure did not find libasmjit-dev");
 #endif
+    bool patch = argc < 2 || strcmp(argv[1], "patch") == 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         if (argc > 1 && strtoul(argv[1], NULL, 10) != sizes[i])
             continue;
         one_size(sizes[i], reps);
     }
-    patch_bench(reps);
+    if (patch)
+        patch_bench(reps);
     return 0;
 }

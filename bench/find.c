@@ -416,9 +416,8 @@ static void one_backend(bool dual, int reps)
                wrong, checked, wrong_churned, checked_churned);
     bench_note("mutex locks taken by the lookups: %llu in %d lookups alone, %llu in %zu during "
                "the churn; the churning thread took %llu in %zu operations",
-               (unsigned long long)d.locks, reps * (int)checked,
-               (unsigned long long)e.locks, reps * LOOKUPS + checked_churned,
-               (unsigned long long)ch.calls.locks, ch.ops);
+               (unsigned long long)d.locks, reps * (int)checked, (unsigned long long)e.locks,
+               reps * LOOKUPS + checked_churned, (unsigned long long)ch.calls.locks, ch.ops);
     for (int k = 0; k < NQUERIES; k++) {
         free(q.addr[k]);
         free(q.want[k]);

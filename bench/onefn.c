@@ -50,8 +50,8 @@
 #define CHUNKS_WARMUP  1000 /* per cache */
 #define COUNT_RUNS     3
 /* The wrapped regime: small caches, run past their end before anything is measured. */
-#define WRAPPED_CACHE  (4 * MIB)
-#define WRAPPED_TIMED  100
+#define WRAPPED_CACHE (4 * MIB)
+#define WRAPPED_TIMED 100
 
 static unsigned char template_code[FSIZE];
 
@@ -202,9 +202,8 @@ static void config_run(struct config *cf, size_t chunks, bool count, struct job 
     pthread_barrier_destroy(&start);
     for (int t = 0; t < n; t++)
         if (jobs[t].err != 0) {
-            fprintf(stderr, "onefn: %s, %s, %u per chunk: %s failed: %s\n",
-                    method_name[cf->method], mode_name[cf->mode], cf->fns, jobs[t].what,
-                    strerror(jobs[t].err));
+            fprintf(stderr, "onefn: %s, %s, %u per chunk: %s failed: %s\n", method_name[cf->method],
+                    mode_name[cf->mode], cf->fns, jobs[t].what, strerror(jobs[t].err));
             exit(1);
         }
 }
@@ -255,8 +254,8 @@ static void config_close(struct config *cf)
 {
     for (int t = 0; t < 2; t++)
         code_cache_destroy(cf->cache[t]);
-    struct bench_samples *all[] = {&cf->cpu,       &cf->wall,       &cf->stats_sys,
-                                   &cf->calls_sys, &cf->tp_sys,     &cf->futex,
+    struct bench_samples *all[] = {&cf->cpu,        &cf->wall,     &cf->stats_sys,
+                                   &cf->calls_sys,  &cf->tp_sys,   &cf->futex,
                                    &cf->futex_wait, &cf->switches, &cf->contended};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         bench_free(all[i]);
@@ -347,8 +346,12 @@ static void run_table(struct config *cfs, size_t ncf, int reps, const char *tag)
                 base = cf;
             char name[128];
             snprintf(name, sizeof name, "onefn/%s/%s/%s %s", tag,
-                     cf->mode == ONE ? "1 thread" : cf->mode == SHARED ? "2 thr shared" : "2 thr own",
-                     cf->method == DIRECT ? "direct" : cf->method == MPROTECT ? "mprotect" : "dual",
+                     cf->mode == ONE      ? "1 thread"
+                     : cf->mode == SHARED ? "2 thr shared"
+                                          : "2 thr own",
+                     cf->method == DIRECT     ? "direct"
+                     : cf->method == MPROTECT ? "mprotect"
+                                              : "dual",
                      clock == 0 ? "cpu" : "wall");
             struct bench_summary s = bench_summarize(clock == 0 ? &cf->cpu : &cf->wall),
                                  b = bench_summarize(clock == 0 ? &base->cpu : &base->wall);
