@@ -21,7 +21,7 @@ int bench_asmjit_alloc(size_t count, size_t fsize, const void *code, bool dual, 
         params.options = asmjit::JitAllocatorOptions::kUseDualMapping;
     asmjit::JitAllocator allocator(&params);
     std::vector<void *> rx(count);
-    double t0 = bench_now_ns();
+    double t0 = bench_thread_cpu_ns();
     for (size_t i = 0; i < count; i++) {
         void *w = nullptr;
         if (allocator.alloc(&rx[i], &w, fsize) != asmjit::kErrorOk)
@@ -30,7 +30,7 @@ int bench_asmjit_alloc(size_t count, size_t fsize, const void *code, bool dual, 
         uint32_t index = (uint32_t)i;
         std::memcpy(static_cast<unsigned char *>(w) + 1, &index, sizeof index);
     }
-    *ns = bench_now_ns() - t0;
+    *ns = bench_thread_cpu_ns() - t0;
     uint32_t (*fn)(void);
     std::memcpy(&fn, &rx[count - 1], sizeof fn);
     if (fn() != (uint32_t)(count - 1)) {

@@ -18,7 +18,6 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "count.h"
@@ -308,13 +307,6 @@ uint64_t bench_voluntary_switches(void)
     if (getrusage(RUSAGE_THREAD, &ru) != 0)
         return 0;
     return (uint64_t)ru.ru_nvcsw;
-}
-
-double bench_thread_cpu_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
 struct bench_mem bench_mem_read(void)

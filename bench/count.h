@@ -73,9 +73,6 @@ void bench_tp_close(struct bench_tp *tp);
 /* Voluntary context switches of the calling thread since it started. */
 uint64_t bench_voluntary_switches(void);
 
-/* Nanoseconds of CPU time of the calling thread. */
-double bench_thread_cpu_ns(void);
-
 /* The process's Rss and Pss in bytes (smaps_rollup). Pss counts a page mapped twice (the two
  * views of a memory file) once; Rss counts it twice. */
 struct bench_mem {
