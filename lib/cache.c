@@ -118,6 +118,7 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
     if (opts == NULL)
         opts = &defaults;
     os_init();
+    arch_init();
     const size_t page = os_page_size;
 
     const struct wx_ops *wx = (opts->flags & CODE_CACHE_DUAL_MAP) ? &wx_dual : &wx_mprotect;
@@ -514,6 +515,11 @@ struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
                 goto fail_record;
             }
         }
+        /* Code may have run in a span below the high-water mark (freed, or before a reset), and
+         * other cores may still hold it: its seal must tell them (arch_sync_cores). */
+        chunk->reused = first < cache->high_water;
+        if (first + n > cache->high_water)
+            cache->high_water = first + n;
         chunks_open(cache, chunk, first, n);
         break;
     }

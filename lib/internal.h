@@ -67,6 +67,8 @@ struct code_chunk {
     uint32_t fifo_next;    /* recycled FIFO: the next record's id + 1, or 0 */
     uint8_t state;         /* enum chunk_state; atomic */
     uint8_t frozen_from;   /* code_cache_reset: the state before it froze the chunk */
+    bool reused;           /* the span held code before (freed, or before a reset): its seal
+                              resynchronises other cores (arch_sync_cores) */
     struct veneers *veneers;
     void *debug_names; /* names for profilers and debuggers, or NULL */
 };
@@ -108,6 +110,7 @@ struct code_cache {
 
     /* Allocation state, under the lock. */
     size_t bump;        /* granules handed out from the low end at least once */
+    size_t high_water;  /* granules ever handed out, resets included: below it, code may have run */
     size_t ahead;       /* [bump, ahead) is committed ahead; ahead is page aligned */
     size_t ahead_step;  /* bytes of the next commit-ahead step */
     bool committing;    /* a thread commits ahead of the bump pointer, outside the lock */

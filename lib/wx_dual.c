@@ -249,7 +249,7 @@ static int dual_commit(struct code_cache *cache, size_t off, size_t len, bool di
         errno = saved;
         return -1;
     }
-    wx_publish(rx, len);
+    wx_publish(rx, len, false); /* fresh or released pages: nothing ran there since */
     return 0;
 }
 
@@ -302,7 +302,9 @@ static int dual_scrub(struct code_cache *cache, size_t off, size_t len, bool sea
             return -1;
     }
     arch_fill_trap((void *)(cache->rw_base + off), cache->base + off, len);
-    wx_publish(cache->base + off, len);
+    /* Freed code: a thread still running it is a use after free; the traps are for it to meet
+     * sooner or later. The span's next chunk resynchronises the cores when it is sealed. */
+    wx_publish(cache->base + off, len, false);
     return 0;
 }
 

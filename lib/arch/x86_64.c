@@ -18,9 +18,15 @@ const size_t arch_default_reach = (size_t)1 << 31;
 const size_t arch_origin_first = 5;
 const size_t arch_origin_last = 0;
 
-/* TASK_SIZE_MAX with 4-level paging: (1 << 47) - one page. With 5-level paging the kernel still
- * hands out addresses above 47 bits only to callers that ask for them with a hint. */
-const uintptr_t arch_user_top = ((uintptr_t)1 << 47) - 4096;
+/* TASK_SIZE_MAX with 4-level paging: (1 << 47) - one page (x86-64 base pages are always 4 KiB).
+ * With 5-level paging the kernel still hands out addresses above 47 bits only to callers that ask
+ * for them with a hint. */
+uintptr_t arch_user_top = ((uintptr_t)1 << 47) - 4096;
+
+void arch_init(void)
+{
+    /* Nothing to learn: the address space and the caches are the same on every x86-64. */
+}
 
 /* jmp qword [rip + 0]; .quad target -- 6 + 8 bytes, padded to 16 so veneers stay aligned. */
 const size_t arch_veneer_size = 16;
@@ -48,6 +54,12 @@ void arch_flush_icache(void *rx, size_t len)
     /* x86 keeps instruction and data caches coherent, across views of the same memory too; the
      * builtin compiles to nothing here but keeps this call site honest for other ports. */
     __builtin___clear_cache((char *)rx, (char *)rx + len);
+}
+
+void arch_sync_cores(void)
+{
+    /* x86 processors detect stores into code, from any core and through any view, and refetch
+     * what they had fetched: nothing to do, and no system call is made. */
 }
 
 #endif
