@@ -58,6 +58,9 @@ static inline bool reach_covers(uintptr_t lo, uintptr_t hi, uintptr_t tlo, uintp
 
 /* Fills len bytes written at rw, which run at rx, with trapping instructions. */
 void arch_fill_trap(void *rw, uintptr_t rx, size_t len);
+/* Writes at rw a function of no argument that returns value (at most arch_veneer_size bytes): the
+ * library's own check that instruction fetch sees what it writes (wx_dual.c). */
+void arch_write_return(void *rw, uint16_t value);
 /* Writes at rw a veneer that, run at rx, jumps to target from anywhere. */
 void arch_write_veneer(void *rw, const void *rx, const void *target);
 /* Makes code written (through any view) at [rx, rx + len) visible to instruction fetch. */

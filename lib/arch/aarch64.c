@@ -104,6 +104,12 @@ void arch_fill_trap(void *rw, uintptr_t rx, size_t len)
     memset(rw, 0, len);
 }
 
+void arch_write_return(void *rw, uint16_t value)
+{
+    const uint32_t code[2] = {0x52800000u | (uint32_t)value << 5, 0xd65f03c0}; /* mov w0; ret */
+    memcpy(rw, code, sizeof code);
+}
+
 void arch_write_veneer(void *rw, const void *rx, const void *target)
 {
     (void)rx; /* the jump is absolute; where it runs does not matter */

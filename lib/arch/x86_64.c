@@ -38,6 +38,12 @@ void arch_fill_trap(void *rw, uintptr_t rx, size_t len)
     memset(rw, 0xcc, len);
 }
 
+void arch_write_return(void *rw, uint16_t value)
+{
+    unsigned char code[6] = {0xb8, (unsigned char)value, (unsigned char)(value >> 8), 0, 0, 0xc3};
+    memcpy(rw, code, sizeof code); /* mov eax, imm32; ret */
+}
+
 void arch_write_veneer(void *rw, const void *rx, const void *target)
 {
     (void)rx; /* the jump is absolute; where it runs does not matter */
