@@ -13,6 +13,9 @@
 extern const size_t arch_default_reach; /* direct branch reach: x86-64 rel32 = 2 GiB,
                                            aarch64 imm26 = 128 MiB */
 extern const size_t arch_veneer_size;   /* bytes of one veneer: CODE_CACHE_VENEER_SIZE */
+/* The protection bit that makes code pages guarded (aarch64 PROT_BTI), or 0 where there is none:
+ * CODE_CACHE_BTI is refused with EINVAL. */
+extern const int arch_prot_bti;
 /* First address above the user address space: a constant where the architecture fixes it,
  * found by arch_init where the kernel's configuration decides (aarch64). */
 extern uintptr_t arch_user_top;

@@ -79,6 +79,7 @@ struct code_cache {
     struct meta meta;
     const struct wx_ops *wx;
     unsigned flags;
+    int exec_prot; /* PROT_READ | PROT_EXEC, | PROT_BTI with CODE_CACHE_BTI */
 
     /* The region: the reservation with a guard page at each end, and its usable part as code
      * runs there. rw_base is where that part is written (== base with the mprotect backend). */

@@ -36,7 +36,7 @@ static int dual_try_file(struct code_cache *cache, int fd, const char *source, b
     /* The trial: can this file be mapped executable at all (vm.memfd_noexec=2, a noexec mount,
      * SELinux, seccomp)? This is also the backend's answer to "is executable memory allowed". */
     wx_count_syscall(cache);
-    void *trial = os_map_file(NULL, os_page_size, PROT_READ | PROT_EXEC, fd, 0, false);
+    void *trial = os_map_file(NULL, os_page_size, cache->exec_prot, fd, 0, false);
     if (trial == NULL) {
         if (errno == EPERM || errno == EACCES)
             *exec_denied = true;
@@ -133,8 +133,8 @@ static int dual_refetch(struct code_cache *cache, size_t off, size_t len)
         return 0;
     const size_t lo = align_down(off, os_page_size), hi = align_up(off + len, os_page_size);
     wx_count_syscall(cache);
-    if (os_map_file((void *)(cache->base + lo), hi - lo, PROT_READ | PROT_EXEC, cache->fd, lo,
-                    true) == NULL)
+    if (os_map_file((void *)(cache->base + lo), hi - lo, cache->exec_prot, cache->fd, lo, true) ==
+        NULL)
         return -1;
     return 0;
 }
@@ -295,7 +295,7 @@ static int dual_commit(struct code_cache *cache, size_t off, size_t len, bool di
         return -1;
     arch_fill_trap(rw, rx, len);
     wx_count_syscall(cache);
-    if (os_map_file((void *)rx, len, PROT_READ | PROT_EXEC, cache->fd, off, true) == NULL) {
+    if (os_map_file((void *)rx, len, cache->exec_prot, cache->fd, off, true) == NULL) {
         int saved = errno;
         wx_count_syscall(cache);
         os_punch(cache->fd, off, len);

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -32,6 +33,17 @@ const size_t arch_origin_last = 4;
  * standard reserves for exactly this: linker veneers and PLT stubs use it, so no caller expects
  * it to survive a call, and a BTI landing pad "bti c" at the target accepts br x16. */
 const size_t arch_veneer_size = 16;
+
+/*
+ * Branch Target Identification (Armv8.5): in a page mapped with PROT_BTI, an indirect branch
+ * (br, blr) must land on a bti instruction of the right kind, or the CPU raises SIGILL. The cache's
+ * pages are guarded only with CODE_CACHE_BTI; the kernel refuses PROT_BTI with EINVAL where the CPU
+ * or the kernel lacks BTI, which makes create fail rather than silently drop the guard.
+ */
+#ifndef PROT_BTI
+#define PROT_BTI 0x10
+#endif
+const int arch_prot_bti = PROT_BTI;
 
 /*
  * The top of the user address space is 1 << VA_BITS, which is a kernel build option on arm64: 48
@@ -106,7 +118,9 @@ void arch_fill_trap(void *rw, uintptr_t rx, size_t len)
 
 void arch_write_return(void *rw, uint16_t value)
 {
-    const uint32_t code[2] = {0x52800000u | (uint32_t)value << 5, 0xd65f03c0}; /* mov w0; ret */
+    /* bti c; mov w0, #value; ret. The landing pad lets it be called through a pointer in a
+     * guarded page; without BTI it is a hint that does nothing. */
+    const uint32_t code[3] = {0xd503245f, 0x52800000u | (uint32_t)value << 5, 0xd65f03c0};
     memcpy(rw, code, sizeof code);
 }
 

@@ -28,6 +28,9 @@ void arch_init(void)
     /* Nothing to learn: the address space and the caches are the same on every x86-64. */
 }
 
+/* No branch-target guard pages (Intel's IBT is enabled per process, not per page). */
+const int arch_prot_bti = 0;
+
 /* jmp qword [rip + 0]; .quad target -- 6 + 8 bytes, padded to 16 so veneers stay aligned. */
 const size_t arch_veneer_size = 16;
 
