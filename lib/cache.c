@@ -252,13 +252,17 @@ void cache_unlock(struct code_cache *cache)
     pthread_mutex_unlock(&cache->lock);
 }
 
+static void cache_freeze_chunks(struct code_cache *cache);
+
 void code_cache_destroy(struct code_cache *cache)
 {
     if (cache == NULL)
         return;
-    /* A free still finishing in another thread touches the cache once more: let it. */
+    /* A free still finishing in another thread touches the cache once more, and a seal in
+     * progress its chunk: let them. */
     pthread_mutex_lock(&cache->lock);
     cache_wait_idle(cache);
+    cache_freeze_chunks(cache);
     pthread_mutex_unlock(&cache->lock);
     chunks_release_all(cache);
     table_release(&cache->find, &cache->meta);
