@@ -64,12 +64,14 @@ struct code_chunk {
     uint32_t veneer_floor;    /* veneers occupy [veneer_floor, size) */
     uint32_t reserve;         /* the outstanding reservation's first byte + 1, or 0 */
     uint32_t id;              /* index in cache->records */
-    uint32_t fifo_next;       /* recycled FIFO: the next record's id + 1, or 0 */
+    union {
+        uint32_t fifo_next; /* FREED, in the recycled FIFO: the next record's id + 1, or 0 */
+        uint32_t reused;    /* OPEN or SEALED: the span held code before (freed, or before a
+                               reset), so its seal resynchronises other cores (arch_sync_cores) */
+    };
     uint8_t state;            /* enum chunk_state; atomic */
     uint8_t frozen_from;      /* code_cache_reset: the state before it froze the chunk */
     uint16_t reserve_veneers; /* veneers placed since the reservation began */
-    bool reused;              /* the span held code before (freed, or before a reset): its
-                                 seal resynchronises other cores (arch_sync_cores) */
     struct veneers *veneers;
     void *debug_names; /* names for profilers and debuggers, or NULL */
 };
