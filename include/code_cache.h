@@ -263,6 +263,25 @@ CODE_CACHE_API void code_chunk_free(struct code_chunk *chunk);
  * from all of it: use smaller chunks), ENOMEM (no memory for bookkeeping). */
 CODE_CACHE_API const void *code_chunk_call_target(struct code_chunk *chunk, const void *target);
 
+/* Longest name code_chunk_name accepts, in bytes, its terminating NUL included. */
+#define CODE_CACHE_NAME_MAX 4096
+
+/* Names the function at [rx, rx + size) of an OPEN or SEALED chunk (rx: where it runs). The name
+ * is copied into the cache's bookkeeping and freed with the chunk. Name each function once: overlapping names are kept, the newest wins. Any thread may name a
+ * SEALED chunk. Returns 0, or -1 and errno: EINVAL (NULL chunk or name, size 0, range outside the
+ * chunk, empty name or one containing a newline), ENAMETOOLONG (CODE_CACHE_NAME_MAX bytes or
+ * more), EPERM (chunk not OPEN or SEALED: freed, or being sealed or freed), ENOMEM. */
+CODE_CACHE_API int code_chunk_name(struct code_chunk *chunk, const void *rx, size_t size,
+                                   const char *name);
+
+/* The name of the function of chunk that holds addr (an address of either view), or NULL; sets
+ * *start (its first byte, where it runs) and *size when they are not NULL. For crash reports:
+ * lock-free and async-signal-safe (no lock, no allocation, no system call, errno untouched), so it
+ * may follow code_cache_find in a signal handler while other threads allocate, seal and name;
+ * but not while another thread frees the chunk or resets its cache, which frees its names. */
+CODE_CACHE_API const char *code_chunk_name_at(const struct code_chunk *chunk, const void *addr,
+                                              const void **start, size_t *size);
+
 #ifdef __cplusplus
 }
 #endif

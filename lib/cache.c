@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "debuginfo.h"
 #include "internal.h"
 #include "place.h"
 
@@ -196,6 +197,7 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
         goto fail_open;
     pthread_mutex_init(&cache->lock, NULL);
     pthread_cond_init(&cache->idle, NULL);
+    debuginfo_create(cache);
     debug_log("create: %s cache at [%#lx, %#lx), %zu granules of %zu bytes", cache->wx->name,
               (unsigned long)cache->base, (unsigned long)(cache->base + size), cache->ngranules,
               cache_granule(cache));

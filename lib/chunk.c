@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "debuginfo.h"
 #include "internal.h"
 
 #define CHUNK_QUARANTINE   64
@@ -110,6 +111,7 @@ static void chunks_drop_veneers(struct code_cache *cache, struct code_chunk *chu
 
 void chunks_open(struct code_cache *cache, struct code_chunk *chunk, size_t first, size_t granules)
 {
+    debuginfo_retire(cache, chunk);
     __atomic_store_n(&chunk->extent, (uint64_t)first << 32 | granules, __ATOMIC_RELAXED);
     chunk->used = 0;
     chunk->veneer_floor = (uint32_t)(granules << cache->granule_shift);
@@ -122,6 +124,7 @@ void chunks_open(struct code_cache *cache, struct code_chunk *chunk, size_t firs
 void chunks_retire(struct code_cache *cache, struct code_chunk *chunk)
 {
     chunks_drop_veneers(cache, chunk);
+    debuginfo_retire(cache, chunk);
     chunk_store_state(chunk, CHUNK_FREED);
     chunk->fifo_next = 0;
     struct code_chunk *tail = chunks_by_link(cache, cache->fifo_tail);
@@ -135,8 +138,10 @@ void chunks_retire(struct code_cache *cache, struct code_chunk *chunk)
 
 void chunks_release_all(struct code_cache *cache)
 {
-    for (size_t id = 0; id < cache->records_used; id++)
+    for (size_t id = 0; id < cache->records_used; id++) {
         chunks_drop_veneers(cache, chunks_at(cache, id));
+        debuginfo_retire(cache, chunks_at(cache, id));
+    }
     table_release(&cache->records, &cache->meta);
     cache->records_used = 0;
     cache->fifo_head = cache->fifo_tail = 0;
