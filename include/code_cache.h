@@ -32,7 +32,9 @@
  * Environment: CODE_CACHE_DEBUG=1 makes the library explain its placement and allocation
  * decisions on standard error (errno is never changed by it). CODE_CACHE_NO_RANDOM=1 makes
  * placement pick the fitting base nearest to the target instead of a random one (reproducible
- * layouts for debugging).
+ * layouts for debugging). CODE_CACHE_PERF=map|jitdump|map,jitdump announces named functions to
+ * perf, as the flags CODE_CACHE_PERF_MAP and CODE_CACHE_PERF_JITDUMP do for one cache; JITDUMPDIR
+ * says where jit-<pid>.dump goes.
  *
  * See code_cache(3) for the full manual.
  */
@@ -97,12 +99,28 @@ struct code_span {
  * code region or in the chunk records, and it is not derived from the code's address. */
 #define CODE_CACHE_DUAL_HARDEN 0x4u
 
+/* Tooling (code_chunk_name): the names of a cache's functions are announced to profilers and
+ * debuggers as each chunk is sealed (and as functions are named after the seal). The environment
+ * can turn the same on for every cache: CODE_CACHE_PERF=map, jitdump or map,jitdump. A cache without named functions announces nothing and costs nothing. */
+
+/* Append "START SIZE name" lines to /tmp/perf-<pid>.map, the file perf report reads for code in
+ * anonymous memory (so not for the dual backend's file mapping: use jitdump there). A line cannot
+ * be taken back: once a freed span is reused, perf may give its new code an old name. */
+#define CODE_CACHE_PERF_MAP 0x8u
+
+/* Write jit-<pid>.dump ($JITDUMPDIR, else the current directory) for perf inject --jit: a
+ * JIT_CODE_LOAD record with the code bytes per function, timestamped with CLOCK_MONOTONIC (record
+ * with perf record -k 1). Reused addresses are told apart by time, and perf inject drops the
+ * kernel's own records of the cache's mappings: this works with both backends. */
+#define CODE_CACHE_PERF_JITDUMP 0x10u
+
 /* Options for code_cache_create. All zero means: a 64 MiB cache anywhere, mprotect backend. */
 struct code_cache_options {
     size_t size;      /* address space to reserve, rounded up to pages; 0 = 64 MiB */
     const void *near; /* every byte of the cache must reach this address, or NULL */
     size_t reach;     /* 0 = the architecture's direct-branch reach (x86-64: 2 GiB) */
-    unsigned flags;   /* CODE_CACHE_NEAR_OBJECT, CODE_CACHE_DUAL_MAP, CODE_CACHE_DUAL_HARDEN */
+    unsigned flags;   /* CODE_CACHE_NEAR_OBJECT, CODE_CACHE_DUAL_MAP, CODE_CACHE_DUAL_HARDEN,
+                         CODE_CACHE_PERF_MAP, CODE_CACHE_PERF_JITDUMP */
 };
 
 /* Counters of one cache; a consistent snapshot taken under the cache's lock. */
@@ -267,7 +285,9 @@ CODE_CACHE_API const void *code_chunk_call_target(struct code_chunk *chunk, cons
 #define CODE_CACHE_NAME_MAX 4096
 
 /* Names the function at [rx, rx + size) of an OPEN or SEALED chunk (rx: where it runs). The name
- * is copied into the cache's bookkeeping and freed with the chunk. Name each function once: overlapping names are kept, the newest wins. Any thread may name a
+ * is copied into the cache's bookkeeping and freed with the chunk. Profilers and debuggers learn
+ * it when the chunk is sealed, or at once for a SEALED chunk (CODE_CACHE_PERF_MAP and friends).
+ * Name each function once: overlapping names are kept, the newest wins. Any thread may name a
  * SEALED chunk. Returns 0, or -1 and errno: EINVAL (NULL chunk or name, size 0, range outside the
  * chunk, empty name or one containing a newline), ENAMETOOLONG (CODE_CACHE_NAME_MAX bytes or
  * more), EPERM (chunk not OPEN or SEALED: freed, or being sealed or freed), ENOMEM. */

@@ -37,7 +37,7 @@
 #include "place.h"
 
 static const unsigned known_flags =
-    CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN;
+    CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN | DEBUGINFO_TOOLS;
 
 /* Commit-ahead steps: the first, and the largest (FACTS.md). */
 #define CACHE_AHEAD_MIN ((size_t)64 << 10)

@@ -309,6 +309,7 @@ int code_chunk_seal(struct code_chunk *chunk)
         return -1;
     }
     wx_publish((uintptr_t)whole.rx, whole.size);
+    debuginfo_seal(chunk);
     chunk_store_state(chunk, CHUNK_SEALED);
     __atomic_fetch_sub(&cache->open_chunks, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&cache->sealed_chunks, 1, __ATOMIC_RELAXED);

@@ -1,14 +1,19 @@
 /*
- * Names of JIT functions: names.c (code_chunk_name, the names of a chunk).
+ * Names of JIT functions, and the tools that learn them: names.c (code_chunk_name, the names
+ * of a chunk), perf.c (perf map and jitdump files).
  *
- * The core calls this edge through hooks and nothing else: debuginfo_create when a cache
- * exists, debuginfo_retire when a chunk is freed or reset (or destroyed with its cache). The
- * latter costs one load when the chunk has no names; nothing in the allocator knows about them.
+ * The core calls this edge through four hooks and nothing else: debuginfo_create when a cache
+ * exists, debuginfo_seal when a chunk's code has become runnable, debuginfo_retire when a chunk
+ * is freed or reset (or destroyed with its cache). Each of the last two costs one load when the
+ * chunk has no names, whatever tool is listening; nothing in the allocator knows about them.
  */
 #ifndef CODE_CACHE_DEBUGINFO_H
 #define CODE_CACHE_DEBUGINFO_H
 
 #include "internal.h"
+
+/* The flags of code_cache_options that turn tools on (the environment can add to them). */
+#define DEBUGINFO_TOOLS (CODE_CACHE_PERF_MAP | CODE_CACHE_PERF_JITDUMP)
 
 /* One named function: a node of the chunk's list, newest first. Immutable once published, freed
  * only when the chunk is retired, so that code_chunk_name_at can walk the list without a lock. */
@@ -26,11 +31,22 @@ struct debug_names {
 };
 
 /* names.c: the hooks' slow halves. */
+void names_sealed(struct code_chunk *chunk);
 void names_retire(struct code_cache *cache, struct code_chunk *chunk);
+/* The tools listening to this cache: its flags and the environment (read once). */
+unsigned debuginfo_tools(const struct code_cache *cache);
 
 /* cache.c, code_cache_create, once the cache is complete: names the reservation for
  * /proc/PID/maps where the kernel can (prctl PR_SET_VMA_ANON_NAME). */
 void debuginfo_create(struct code_cache *cache);
+
+/* chunk.c, code_chunk_seal: the code is runnable, the chunk not yet SEALED (so a reset waits for
+ * this to finish, and a name given meanwhile is refused rather than announced twice). */
+static inline void debuginfo_seal(struct code_chunk *chunk)
+{
+    if (__atomic_load_n(&chunk->debug_names, __ATOMIC_ACQUIRE) != NULL)
+        names_sealed(chunk);
+}
 
 /* chunk.c, chunks_retire and chunks_release_all, under the cache's lock: the names go, and the
  * debugger forgets the chunk. Also chunks_open: a name that raced the chunk's free (a misuse)
@@ -40,5 +56,9 @@ static inline void debuginfo_retire(struct code_cache *cache, struct code_chunk 
     if (chunk->debug_names != NULL)
         names_retire(cache, chunk);
 }
+
+/* perf.c: one named function, where it runs (its code is read there). */
+void perf_map_announce(uintptr_t start, size_t size, const char *name, size_t len);
+void perf_jitdump_announce(uintptr_t start, size_t size, const char *name, size_t len);
 
 #endif

@@ -1,5 +1,6 @@
 /*
- * Names of JIT functions: code_chunk_name, code_chunk_name_at; and the reservation's name.
+ * Names of JIT functions: code_chunk_name, code_chunk_name_at, and handing the names to the
+ * tools that listen (perf.c) when a chunk is sealed, or at once for a sealed chunk.
  *
  * A chunk's names are a singly linked list, newest first, in the cache's jemalloc arena. A name
  * is pushed with a compare-and-swap and a release store, so a reader in another thread, or in a
@@ -13,6 +14,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -23,6 +25,33 @@
 #define PR_SET_VMA           0x53564d41
 #define PR_SET_VMA_ANON_NAME 0
 #endif
+
+/* ---- Which tools listen ---- */
+
+static unsigned env_tools;
+static pthread_once_t env_once = PTHREAD_ONCE_INIT;
+
+/* CODE_CACHE_PERF=map, jitdump or both (comma-separated). */
+static void env_read(void)
+{
+    const char *perf = getenv("CODE_CACHE_PERF");
+    while (perf != NULL && *perf != '\0') {
+        size_t n = strcspn(perf, ",");
+        if (n == 3 && strncmp(perf, "map", 3) == 0)
+            env_tools |= CODE_CACHE_PERF_MAP;
+        else if (n == 7 && strncmp(perf, "jitdump", 7) == 0)
+            env_tools |= CODE_CACHE_PERF_JITDUMP;
+        else if (n > 0)
+            debug_log("CODE_CACHE_PERF: unknown tool '%.*s' ignored (map, jitdump)", (int)n, perf);
+        perf += n + (perf[n] == ',');
+    }
+}
+
+unsigned debuginfo_tools(const struct code_cache *cache)
+{
+    pthread_once(&env_once, env_read);
+    return (cache->flags & DEBUGINFO_TOOLS) | env_tools;
+}
 
 /*
  * /proc/PID/maps shows the reservation as [anon:codecache] on kernels built with
@@ -49,6 +78,15 @@ static bool names_live(uint8_t state)
 static uintptr_t chunk_rx(const struct code_chunk *chunk)
 {
     return chunk->cache->base + chunk_offset(chunk);
+}
+
+/* Tells the listening tools about one function of a runnable chunk. */
+static void names_announce_one(unsigned tools, const struct debug_name *n)
+{
+    if (tools & CODE_CACHE_PERF_MAP)
+        perf_map_announce(n->start, n->size, n->name, n->len);
+    if (tools & CODE_CACHE_PERF_JITDUMP)
+        perf_jitdump_announce(n->start, n->size, n->name, n->len);
 }
 
 /* The chunk's list holder, created by the first name; NULL + ENOMEM. Two threads naming a SEALED
@@ -112,6 +150,12 @@ int code_chunk_name(struct code_chunk *chunk, const void *rx, size_t size, const
     while (!__atomic_compare_exchange_n(&names->head, &n->next, n, true, __ATOMIC_RELEASE,
                                         __ATOMIC_RELAXED))
         ;
+
+    /* An OPEN chunk's names are announced by its seal. A SEALED one's code runs already. */
+    if (state == CHUNK_SEALED) {
+        unsigned tools = debuginfo_tools(cache);
+        names_announce_one(tools, n);
+    }
     return 0;
 }
 
@@ -142,6 +186,16 @@ const char *code_chunk_name_at(const struct code_chunk *chunk, const void *addr,
 }
 
 /* ---- Hooks ---- */
+
+void names_sealed(struct code_chunk *chunk)
+{
+    unsigned tools = debuginfo_tools(chunk->cache);
+    if (tools == 0)
+        return;
+    struct debug_names *names = chunk->debug_names;
+    for (const struct debug_name *n = names->head; n != NULL; n = n->next)
+        names_announce_one(tools, n);
+}
 
 void names_retire(struct code_cache *cache, struct code_chunk *chunk)
 {
