@@ -32,9 +32,9 @@
  * Environment: CODE_CACHE_DEBUG=1 makes the library explain its placement and allocation
  * decisions on standard error (errno is never changed by it). CODE_CACHE_NO_RANDOM=1 makes
  * placement pick the fitting base nearest to the target instead of a random one (reproducible
- * layouts for debugging). CODE_CACHE_PERF=map|jitdump|map,jitdump announces named functions to
- * perf, as the flags CODE_CACHE_PERF_MAP and CODE_CACHE_PERF_JITDUMP do for one cache; JITDUMPDIR
- * says where jit-<pid>.dump goes.
+ * layouts for debugging). CODE_CACHE_PERF=map|jitdump|map,jitdump and CODE_CACHE_GDB=1 announce
+ * named functions to perf and gdb, as the flags CODE_CACHE_PERF_MAP, CODE_CACHE_PERF_JITDUMP and
+ * CODE_CACHE_GDB_JIT do for one cache; JITDUMPDIR says where jit-<pid>.dump goes.
  *
  * See code_cache(3) for the full manual.
  */
@@ -101,7 +101,8 @@ struct code_span {
 
 /* Tooling (code_chunk_name): the names of a cache's functions are announced to profilers and
  * debuggers as each chunk is sealed (and as functions are named after the seal). The environment
- * can turn the same on for every cache: CODE_CACHE_PERF=map, jitdump or map,jitdump. A cache without named functions announces nothing and costs nothing. */
+ * can turn the same on for every cache: CODE_CACHE_PERF=map, jitdump or map,jitdump, and
+ * CODE_CACHE_GDB=1. A cache without named functions announces nothing and costs nothing. */
 
 /* Append "START SIZE name" lines to /tmp/perf-<pid>.map, the file perf report reads for code in
  * anonymous memory (so not for the dual backend's file mapping: use jitdump there). A line cannot
@@ -114,13 +115,18 @@ struct code_span {
  * kernel's own records of the cache's mappings: this works with both backends. */
 #define CODE_CACHE_PERF_JITDUMP 0x10u
 
+/* Register an in-memory ELF object per sealed chunk with named functions through the GDB JIT
+ * interface (__jit_debug_register_code, __jit_debug_descriptor), and unregister it when the chunk
+ * is freed or reset, so that gdb's backtraces and `info symbol` name JIT functions. */
+#define CODE_CACHE_GDB_JIT 0x20u
+
 /* Options for code_cache_create. All zero means: a 64 MiB cache anywhere, mprotect backend. */
 struct code_cache_options {
     size_t size;      /* address space to reserve, rounded up to pages; 0 = 64 MiB */
     const void *near; /* every byte of the cache must reach this address, or NULL */
     size_t reach;     /* 0 = the architecture's direct-branch reach (x86-64: 2 GiB) */
     unsigned flags;   /* CODE_CACHE_NEAR_OBJECT, CODE_CACHE_DUAL_MAP, CODE_CACHE_DUAL_HARDEN,
-                         CODE_CACHE_PERF_MAP, CODE_CACHE_PERF_JITDUMP */
+                         CODE_CACHE_PERF_MAP, CODE_CACHE_PERF_JITDUMP, CODE_CACHE_GDB_JIT */
 };
 
 /* Counters of one cache; a consistent snapshot taken under the cache's lock. */

@@ -1,6 +1,6 @@
 /*
  * Names of JIT functions, and the tools that learn them: names.c (code_chunk_name, the names
- * of a chunk), perf.c (perf map and jitdump files).
+ * of a chunk), perf.c (perf map and jitdump files), gdbjit.c (the GDB JIT interface).
  *
  * The core calls this edge through four hooks and nothing else: debuginfo_create when a cache
  * exists, debuginfo_seal when a chunk's code has become runnable, debuginfo_retire when a chunk
@@ -13,7 +13,7 @@
 #include "internal.h"
 
 /* The flags of code_cache_options that turn tools on (the environment can add to them). */
-#define DEBUGINFO_TOOLS (CODE_CACHE_PERF_MAP | CODE_CACHE_PERF_JITDUMP)
+#define DEBUGINFO_TOOLS (CODE_CACHE_PERF_MAP | CODE_CACHE_PERF_JITDUMP | CODE_CACHE_GDB_JIT)
 
 /* One named function: a node of the chunk's list, newest first. Immutable once published, freed
  * only when the chunk is retired, so that code_chunk_name_at can walk the list without a lock. */
@@ -28,6 +28,7 @@ struct debug_name {
 /* What chunk->debug_names points to, created with the chunk's first name. */
 struct debug_names {
     struct debug_name *head; /* newest first; atomic (release on push, acquire on read) */
+    void *gdb;               /* gdbjit.c's registration of the chunk, or NULL (gdbjit's lock) */
 };
 
 /* names.c: the hooks' slow halves. */
@@ -60,5 +61,12 @@ static inline void debuginfo_retire(struct code_cache *cache, struct code_chunk 
 /* perf.c: one named function, where it runs (its code is read there). */
 void perf_map_announce(uintptr_t start, size_t size, const char *name, size_t len);
 void perf_jitdump_announce(uintptr_t start, size_t size, const char *name, size_t len);
+
+/* gdbjit.c: (re)registers an in-memory ELF object for the chunk's names, its text at
+ * [text, text + text_size), and unregisters it. Both take the process-wide lock of the debugger's
+ * list; unregistering may be called under the cache's lock, never the other way round. */
+void gdbjit_register(struct meta *meta, struct debug_names *names, uintptr_t text,
+                     size_t text_size);
+void gdbjit_unregister(struct meta *meta, struct debug_names *names);
 
 #endif

@@ -1,6 +1,6 @@
 /*
  * Names of JIT functions: code_chunk_name, code_chunk_name_at, and handing the names to the
- * tools that listen (perf.c) when a chunk is sealed, or at once for a sealed chunk.
+ * tools that listen (perf.c, gdbjit.c) when a chunk is sealed, or at once for a sealed chunk.
  *
  * A chunk's names are a singly linked list, newest first, in the cache's jemalloc arena. A name
  * is pushed with a compare-and-swap and a release store, so a reader in another thread, or in a
@@ -31,7 +31,7 @@
 static unsigned env_tools;
 static pthread_once_t env_once = PTHREAD_ONCE_INIT;
 
-/* CODE_CACHE_PERF=map, jitdump or both (comma-separated). */
+/* CODE_CACHE_PERF=map, jitdump or both (comma-separated); CODE_CACHE_GDB=1. */
 static void env_read(void)
 {
     const char *perf = getenv("CODE_CACHE_PERF");
@@ -45,6 +45,9 @@ static void env_read(void)
             debug_log("CODE_CACHE_PERF: unknown tool '%.*s' ignored (map, jitdump)", (int)n, perf);
         perf += n + (perf[n] == ',');
     }
+    const char *gdb = getenv("CODE_CACHE_GDB");
+    if (gdb != NULL && *gdb != '\0' && strcmp(gdb, "0") != 0)
+        env_tools |= CODE_CACHE_GDB_JIT;
 }
 
 unsigned debuginfo_tools(const struct code_cache *cache)
@@ -87,6 +90,11 @@ static void names_announce_one(unsigned tools, const struct debug_name *n)
         perf_map_announce(n->start, n->size, n->name, n->len);
     if (tools & CODE_CACHE_PERF_JITDUMP)
         perf_jitdump_announce(n->start, n->size, n->name, n->len);
+}
+
+static void names_announce_gdb(struct code_chunk *chunk, struct debug_names *names)
+{
+    gdbjit_register(&chunk->cache->meta, names, chunk_rx(chunk), chunk_size(chunk));
 }
 
 /* The chunk's list holder, created by the first name; NULL + ENOMEM. Two threads naming a SEALED
@@ -155,6 +163,8 @@ int code_chunk_name(struct code_chunk *chunk, const void *rx, size_t size, const
     if (state == CHUNK_SEALED) {
         unsigned tools = debuginfo_tools(cache);
         names_announce_one(tools, n);
+        if (tools & CODE_CACHE_GDB_JIT)
+            names_announce_gdb(chunk, names);
     }
     return 0;
 }
@@ -195,12 +205,16 @@ void names_sealed(struct code_chunk *chunk)
     struct debug_names *names = chunk->debug_names;
     for (const struct debug_name *n = names->head; n != NULL; n = n->next)
         names_announce_one(tools, n);
+    if (tools & CODE_CACHE_GDB_JIT)
+        names_announce_gdb(chunk, names);
 }
 
 void names_retire(struct code_cache *cache, struct code_chunk *chunk)
 {
     struct debug_names *names = chunk->debug_names;
     __atomic_store_n(&chunk->debug_names, NULL, __ATOMIC_RELEASE);
+    if (names->gdb != NULL)
+        gdbjit_unregister(&cache->meta, names);
     struct debug_name *n = names->head;
     while (n != NULL) {
         struct debug_name *next = n->next;
