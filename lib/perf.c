@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -197,6 +198,30 @@ static int dump_create(char *path, size_t cap)
     return open(path, O_RDWR | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 }
 
+/* The header, then the marker: perf records executable mappings only, and looks for
+ * jit-<pid>.dump among them. The marker stays until exit, since perf may start recording at any
+ * time. 0, or -1 + errno (EPERM for a directory on a noexec mount). */
+static int dump_start(int fd)
+{
+    struct jitdump_header h = {
+        .magic = JITDUMP_MAGIC,
+        .version = JITDUMP_VERSION,
+        .total_size = sizeof h,
+        .elf_mach = PERF_ELF_MACHINE,
+        .pid = (uint32_t)getpid(),
+        .timestamp = perf_now(),
+    };
+    if (write(fd, &h, sizeof h) != (ssize_t)sizeof h)
+        return -1;
+    long page = sysconf(_SC_PAGESIZE);
+    void *marker = mmap(NULL, (size_t)page, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd, 0);
+    if (marker == MAP_FAILED)
+        return -1;
+    dump_marker = marker;
+    dump_marker_size = (size_t)page;
+    return 0;
+}
+
 static int dump_open(void)
 {
     int fd = __atomic_load_n(&dump_fd, __ATOMIC_ACQUIRE);
@@ -207,33 +232,16 @@ static int dump_open(void)
     if (!dump_tried) {
         char path[PATH_MAX];
         fd = dump_create(path, sizeof path);
-        struct jitdump_header h = {
-            .magic = JITDUMP_MAGIC,
-            .version = JITDUMP_VERSION,
-            .total_size = sizeof h,
-            .elf_mach = PERF_ELF_MACHINE,
-            .pid = (uint32_t)getpid(),
-            .timestamp = perf_now(),
-        };
-        if (fd >= 0 && write(fd, &h, sizeof h) != (ssize_t)sizeof h) {
+        if (fd >= 0 && dump_start(fd) != 0) {
+            /* A dump perf cannot find is of no use: leave nothing behind. */
+            int saved = errno;
             close(fd);
+            unlink(path);
             fd = -1;
+            errno = saved;
         }
-        /* The marker: perf records executable mappings only, and looks for jit-<pid>.dump among
-         * them. Kept until exit, since perf may start recording at any time. */
-        long page = sysconf(_SC_PAGESIZE);
-        void *marker = fd < 0 ? MAP_FAILED
-                              : mmap(NULL, (size_t)page, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd, 0);
-        if (fd >= 0 && marker == MAP_FAILED) {
-            close(fd);
-            fd = -1;
-        }
-        if (fd < 0) {
+        if (fd < 0)
             debug_log("perf: cannot create %s (errno %d): no jitdump", path, errno);
-        } else {
-            dump_marker = marker;
-            dump_marker_size = (size_t)page;
-        }
         __atomic_store_n(&dump_fd, fd, __ATOMIC_RELEASE);
         __atomic_store_n(&dump_tried, true, __ATOMIC_RELEASE);
     }
@@ -255,7 +263,7 @@ void perf_jitdump_announce(uintptr_t start, size_t size, const char *name, size_
               .total_size = (uint32_t)(sizeof r + len + 1 + size),
               .timestamp = perf_now()},
         .pid = (uint32_t)getpid(),
-        .tid = (uint32_t)gettid(),
+        .tid = (uint32_t)syscall(SYS_gettid), /* gettid() needs glibc 2.30 */
         .vma = start,
         .code_addr = start,
         .code_size = size,
