@@ -3,7 +3,8 @@
  * errors, code_chunk_name_at from both views and from a signal handler, names freed with their
  * chunk, threads naming one sealed chunk; the perf map and jitdump files parsed line by line and
  * record by record against the chunks; the GDB JIT interface's list and in-memory ELF objects;
- * the environment variables. tests/debuginfo_tools.sh runs the real perf and gdb.
+ * the environment variables; a jitdump whose marker cannot be mapped (tests/fault.c fails the
+ * library's mmap). tests/debuginfo_tools.sh runs the real perf and gdb.
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -18,11 +19,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <ucontext.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "helpers.h"
 
 #define PAGE test_page_size()
@@ -694,6 +697,26 @@ Test(perf, jitdump_has_a_load_record_per_named_function, .init = jitdump_init, .
         index += 4;
         code_cache_destroy(cache);
     }
+}
+
+/* Where the marker cannot be mapped (a noexec mount, say), perf could never find the dump: the
+ * library leaves no file behind, and naming and sealing go on unharmed. */
+Test(perf, jitdump_without_its_marker_leaves_no_file, .init = jitdump_init, .fini = jitdump_fini)
+{
+    struct code_cache *cache = cache_for(CODE_CACHE_PERF_JITDUMP);
+    struct code_chunk *chunk = code_cache_alloc(cache, 64);
+    const char *f = emit_named(chunk, 7, "jit_unmarked");
+    fault_inject(FAULT_MMAP, PROT_READ | PROT_EXEC, 0, EPERM);
+    cr_assert_eq(code_chunk_seal(chunk), 0, "%s", strerror(errno));
+    cr_assert_eq(fault_failures(), 1, "the marker was not tried");
+    fault_clear();
+    char path[128];
+    snprintf(path, sizeof path, "%s/jit-%ld.dump", jd_dir, (long)getpid());
+    cr_assert_eq(access(path, F_OK), -1, "%s was left behind", path);
+    cr_assert(!jitdump_marked(getpid()));
+    cr_assert_eq(((jit_fn)f)(), 7);
+    cr_assert_str_eq(code_chunk_name_at(chunk, f, NULL, NULL), "jit_unmarked");
+    code_cache_destroy(cache);
 }
 
 /* The record is written by the library's destructor, when the process exits: by a program of
