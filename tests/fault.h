@@ -32,16 +32,31 @@ enum fault_call {
  */
 void fault_inject(enum fault_call call, int arg, unsigned nth, int err);
 
+/* And also, from now on, the nth call matching this rule (counted by this rule alone) fails
+ * with err; the earlier rules stay. A call is judged by the first rule that matches it. */
+void fault_also(enum fault_call call, int arg, unsigned nth, int err);
+
 /* No more failures; counts restart. */
 void fault_clear(void);
 
 /* Calls of that kind made by libcodecache since the last fault_inject or fault_clear. */
 unsigned fault_calls(enum fault_call call);
 
+/* The same, counting only the calls whose argument matches arg (as for fault_inject). */
+unsigned fault_calls_with(enum fault_call call, int arg);
+
 /* How many calls were made to fail since the last fault_inject or fault_clear. */
 unsigned fault_failures(void);
 
 /* The name of a kind of call, for messages: "mmap", "memfd_create"... */
 const char *fault_name(enum fault_call call);
+
+/* Calls of mmap or mprotect from the library that asked for a writable and executable mapping,
+ * since the process started: never expected to be anything but 0. */
+unsigned fault_wx_requests(void);
+
+/* Asserts that nothing the library mapped at an address of its choosing (mmap without MAP_FIXED)
+ * since the last fault_inject or fault_clear is still mapped: after a failed create, a destroy. */
+void fault_expect_nothing_left_mapped(const char *what);
 
 #endif

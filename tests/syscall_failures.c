@@ -524,6 +524,8 @@ static void sweep_scenario(void)
                   strerror(errno));
         cr_assert_eq(jemalloc_allocated(), baseline, "%s: a failed create leaked", context);
         cr_assert_eq(open_fds(), fds, "%s: a failed create left a descriptor open", context);
+        if (injected_call != FAULT_MUNMAP)
+            fault_expect_nothing_left_mapped(context);
         cache = test_cache_create(&opts);
         cr_assert_not_null(cache, "%s: create failed twice: %s", context, strerror(errno));
     }
@@ -577,6 +579,10 @@ static void sweep_scenario(void)
     expect_unmapped(st.base - PAGE, st.reserved + 2 * PAGE, "the reservation");
     expect_unmapped(st.base + rw_minus_rx - PAGE, st.reserved + 2 * PAGE, "the RW view");
     cr_assert_eq(open_fds(), fds, "%s: destroy left a descriptor open", context);
+    if (injected_call != FAULT_MUNMAP)
+        fault_expect_nothing_left_mapped(context);
+    cr_assert_eq(fault_wx_requests(), 0, "%s: the library asked for a writable and executable "
+                                         "mapping", context);
 }
 
 /* Makes each call of one kind in the scenario fail in turn. used: whether the backend under test
