@@ -35,7 +35,8 @@
 #include "internal.h"
 #include "place.h"
 
-static const unsigned known_flags = CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP;
+static const unsigned known_flags =
+    CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN | CODE_CACHE_BTI;
 
 /* Commit-ahead steps: the first, and the largest (FACTS.md). */
 #define CACHE_AHEAD_MIN ((size_t)64 << 10)
@@ -101,7 +102,8 @@ static int cache_find_object(const void *near, uintptr_t *lo, uintptr_t *hi)
 static int cache_probe_exec(struct code_cache *cache)
 {
     void *guard = (void *)cache->map_base;
-    if (wx_protect(cache, cache->map_base, os_page_size, PROT_READ | PROT_EXEC) != 0) {
+    if (wx_protect(cache, cache->map_base, os_page_size, cache->exec_prot) != 0) {
+        /* EINVAL with CODE_CACHE_BTI: this kernel or CPU has no BTI. */
         if (errno == EPERM || errno == EACCES) {
             debug_log("create: executable memory is denied (mprotect PROT_EXEC: errno %d)", errno);
             errno = EACCES;
@@ -117,10 +119,15 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
     if (opts == NULL)
         opts = &defaults;
     os_init();
+    arch_init();
     const size_t page = os_page_size;
 
-    if ((opts->flags & ~known_flags) != 0 || opts->reach > arch_default_reach ||
-        ((opts->flags & CODE_CACHE_NEAR_OBJECT) && opts->near == NULL)) {
+    const struct wx_ops *wx = (opts->flags & CODE_CACHE_DUAL_MAP) ? &wx_dual : &wx_mprotect;
+    const unsigned backend_flags = wx_dual.flags | wx_mprotect.flags;
+    if ((opts->flags & ~known_flags) != 0 || (opts->flags & backend_flags & ~wx->flags) != 0 ||
+        opts->reach > arch_default_reach ||
+        ((opts->flags & CODE_CACHE_NEAR_OBJECT) && opts->near == NULL) ||
+        ((opts->flags & CODE_CACHE_BTI) && arch_prot_bti == 0)) {
         errno = EINVAL;
         return NULL;
     }
@@ -158,8 +165,9 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
         goto fail_meta;
     cache->meta = meta;
     cache->flags = opts->flags;
+    cache->exec_prot = PROT_READ | PROT_EXEC | (opts->flags & CODE_CACHE_BTI ? arch_prot_bti : 0);
     cache->fd = -1;
-    cache->wx = (opts->flags & CODE_CACHE_DUAL_MAP) ? &wx_dual : &wx_mprotect;
+    cache->wx = wx;
 
     struct place_request req = {
         .target_lo = tlo, .target_hi = thi, .reach = reach, .size = map_size};
@@ -244,13 +252,17 @@ void cache_unlock(struct code_cache *cache)
     pthread_mutex_unlock(&cache->lock);
 }
 
+static void cache_freeze_chunks(struct code_cache *cache);
+
 void code_cache_destroy(struct code_cache *cache)
 {
     if (cache == NULL)
         return;
-    /* A free still finishing in another thread touches the cache once more: let it. */
+    /* A free still finishing in another thread touches the cache once more, and a seal in
+     * progress its chunk: let them. */
     pthread_mutex_lock(&cache->lock);
     cache_wait_idle(cache);
+    cache_freeze_chunks(cache);
     pthread_mutex_unlock(&cache->lock);
     chunks_release_all(cache);
     table_release(&cache->find, &cache->meta);
@@ -496,10 +508,11 @@ struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
             }
             if (first == SIZE_MAX) {
                 debug_log("alloc: no span of %zu bytes left: %zu never used, %zu free in %zu "
-                          "freed spans: ENOSPC",
+                          "freed spans, the largest %zu bytes: ENOSPC",
                           n << cache->granule_shift,
                           (cache->ngranules - cache->bump) << cache->granule_shift,
-                          cache->free_granules << cache->granule_shift, spans_holes(&cache->spans));
+                          cache->free_granules << cache->granule_shift, spans_holes(&cache->spans),
+                          spans_largest_run(&cache->spans) << cache->granule_shift);
                 errno = ENOSPC;
                 goto fail_record;
             }
@@ -509,6 +522,11 @@ struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
                 goto fail_record;
             }
         }
+        /* Code may have run in a span below the high-water mark (freed, or before a reset), and
+         * other cores may still hold it: its seal must tell them (arch_sync_cores). */
+        chunk->reused = first < cache->high_water;
+        if (first + n > cache->high_water)
+            cache->high_water = first + n;
         chunks_open(cache, chunk, first, n);
         break;
     }
@@ -539,52 +557,61 @@ fail:
  */
 static void cache_release_ready(struct code_cache *cache)
 {
+    /* Runs are gathered a bounded number at a time (the array is on the stack), pass after pass,
+     * each pass resuming where the previous one stopped, until the bump pointer is reached: the
+     * lock is dropped while a pass releases, so the index is read afresh each time. */
     enum { MAX_RUNS = 64 };
     struct release_run {
         size_t start, end;
     } runs[MAX_RUNS];
-    size_t nruns = 0, a, b;
     const size_t pg = cache->page_granules;
     struct spans *s = &cache->spans;
-    for (size_t i = 0; nruns < MAX_RUNS && spans_next_run(s, SPANS_READY, i, cache->bump, &a, &b);
-         i = b) {
-        size_t start = align_up(a, pg), end = align_down(b, pg);
-        if (start < end)
-            runs[nruns++] = (struct release_run){start, end};
-    }
-    for (size_t i = 0; i < nruns; i++) {
-        spans_take(s, runs[i].start, runs[i].end - runs[i].start);
-        cache->free_granules -= runs[i].end - runs[i].start;
-    }
+    size_t given_back = 0, passes = 0, resume = 0, a, b;
     cache->in_flight++;
-    pthread_mutex_unlock(&cache->lock);
-    bool released[MAX_RUNS], discarded[MAX_RUNS];
-    for (size_t i = 0; i < nruns; i++)
-        released[i] = cache->wx->release(cache, runs[i].start << cache->granule_shift,
-                                         (runs[i].end - runs[i].start) << cache->granule_shift,
-                                         &discarded[i]) == 0;
-    pthread_mutex_lock(&cache->lock);
-    size_t given_back = 0;
-    for (size_t i = 0; i < nruns; i++) {
-        size_t len = runs[i].end - runs[i].start;
-        /* A run that could not be released is still committed and trapped: ready as before. */
-        spans_put(s, runs[i].start, len, released[i], released[i] && !discarded[i]);
-        cache->free_granules += len;
-        if (released[i]) {
-            cache->cold_granules += len;
-            given_back += len;
+    for (;;) {
+        size_t nruns = 0;
+        for (; nruns < MAX_RUNS && spans_next_run(s, SPANS_READY, resume, cache->bump, &a, &b);
+             resume = b) {
+            size_t start = align_up(a, pg), end = align_down(b, pg);
+            if (start < end)
+                runs[nruns++] = (struct release_run){start, end};
+        }
+        if (nruns == 0)
+            break;
+        passes++;
+        for (size_t i = 0; i < nruns; i++) {
+            spans_take(s, runs[i].start, runs[i].end - runs[i].start);
+            cache->free_granules -= runs[i].end - runs[i].start;
+        }
+        pthread_mutex_unlock(&cache->lock);
+        bool released[MAX_RUNS], discarded[MAX_RUNS];
+        for (size_t i = 0; i < nruns; i++)
+            released[i] = cache->wx->release(cache, runs[i].start << cache->granule_shift,
+                                             (runs[i].end - runs[i].start) << cache->granule_shift,
+                                             &discarded[i]) == 0;
+        pthread_mutex_lock(&cache->lock);
+        for (size_t i = 0; i < nruns; i++) {
+            size_t len = runs[i].end - runs[i].start;
+            /* A run that could not be released is still committed and trapped: ready as
+             * before. */
+            spans_put(s, runs[i].start, len, released[i], released[i] && !discarded[i]);
+            cache->free_granules += len;
+            if (released[i]) {
+                cache->cold_granules += len;
+                given_back += len;
+            }
         }
     }
     /* Fragmented free space may hold few whole pages: do not rescan at every free for them. */
     cache->release_due =
         cache->free_granules - cache->cold_granules + (CACHE_READY_MAX >> cache->granule_shift);
     if (given_back > 0)
-        debug_log("free: %zu free bytes given back to the system in %zu run(s)",
-                  given_back << cache->granule_shift, nruns);
+        debug_log("free: %zu free bytes given back to the system in %zu pass(es)",
+                  given_back << cache->granule_shift, passes);
     cache_end_outside(cache);
 }
 
-void cache_reclaim(struct code_cache *cache, struct code_chunk *chunk)
+void cache_reclaim(struct code_cache *cache, struct code_chunk *chunk, bool sealed)
 {
     const unsigned shift = cache->granule_shift;
     const uint64_t extent = chunk_load_extent(chunk);
@@ -595,7 +622,7 @@ void cache_reclaim(struct code_cache *cache, struct code_chunk *chunk)
     if (frozen)
         ; /* the parent's code: neither written nor released, and never reused here */
     else if (cache->wx->freed_stays_ready)
-        cache->wx->scrub(cache, first << shift, n << shift);
+        rc = cache->wx->scrub(cache, first << shift, n << shift, sealed);
     else
         rc = cache->wx->release(cache, first << shift, n << shift, &discarded);
 

@@ -32,6 +32,8 @@
 
 #include "internal.h"
 
+_Static_assert(sizeof(struct code_chunk) == 56, "a chunk record is 56 bytes (documented)");
+
 #define CHUNK_QUARANTINE   64
 #define CHUNK_RECORDS_BASE 6 /* 64 records in the first slab */
 
@@ -242,6 +244,7 @@ struct code_span code_chunk_reserve(struct code_chunk *chunk, size_t align)
         return span;
     }
     chunk->reserve = (uint32_t)offset + 1;
+    chunk->reserve_veneers = 0;
     struct code_span whole = chunk_whole(chunk);
     return (struct code_span){(char *)whole.rw + offset, (char *)whole.rx + offset,
                               chunk->veneer_floor - offset};
@@ -259,6 +262,12 @@ int code_chunk_commit(struct code_chunk *chunk, size_t used)
         return -1;
     }
     uint32_t offset = chunk->reserve - 1;
+    size_t reserved =
+        chunk->veneer_floor - offset + (size_t)chunk->reserve_veneers * arch_veneer_size;
+    if (used > reserved) {
+        errno = EINVAL;
+        return -1;
+    }
     /* Veneers placed during the reservation took its top: code reaching into them overwrote
      * them. */
     if (used > chunk->veneer_floor - offset) {
@@ -303,7 +312,7 @@ int code_chunk_seal(struct code_chunk *chunk)
         chunk_store_state(chunk, CHUNK_OPEN);
         return -1;
     }
-    wx_publish((uintptr_t)whole.rx, whole.size);
+    wx_publish((uintptr_t)whole.rx, whole.size, chunk->reused);
     chunk_store_state(chunk, CHUNK_SEALED);
     __atomic_fetch_sub(&cache->open_chunks, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&cache->sealed_chunks, 1, __ATOMIC_RELAXED);
@@ -332,6 +341,9 @@ int code_chunk_patch(struct code_chunk *chunk, void *rx, const void *bytes, size
         return -1;
     }
     unsigned char *rw = (unsigned char *)whole.rw + (at - lo);
+    const size_t off = chunk_offset(chunk) + (at - lo);
+    if (cache->wx->patch_begin != NULL && cache->wx->patch_begin(cache, off, len) != 0)
+        return -1;
     uintptr_t word = align_down(at, 8);
     if (at + len <= word + 8) {
         /* Inside one aligned 8-byte word: one atomic store of the merged word, so a thread
@@ -348,7 +360,9 @@ int code_chunk_patch(struct code_chunk *chunk, void *rx, const void *bytes, size
     } else {
         memcpy(rw, bytes, len);
     }
-    wx_publish(at, len);
+    if (cache->wx->patch_end != NULL)
+        cache->wx->patch_end(cache, off, len);
+    wx_publish(at, len, true);
     return 0;
 }
 
@@ -388,7 +402,7 @@ void code_chunk_free(struct code_chunk *chunk)
     find_clear(cache, chunk_first(extent), chunk_granules(extent));
     cache->in_flight++;
     cache_unlock(cache);
-    cache_reclaim(cache, chunk);
+    cache_reclaim(cache, chunk, state == CHUNK_SEALED);
 }
 
 /* The veneer of this chunk that jumps to target, or NULL. */
@@ -464,6 +478,8 @@ static const void *chunk_veneer(struct code_chunk *chunk, uintptr_t lo, uintptr_
     /* veneer_floor starts at the chunk's size, a granule multiple, and moves by whole veneers,
      * so every veneer keeps the alignment of arch_veneer_size. */
     chunk->veneer_floor = floor;
+    if (chunk->reserve != 0 && chunk->reserve_veneers < UINT16_MAX)
+        chunk->reserve_veneers++;
     arch_write_veneer((char *)rw + floor, (const void *)(lo + floor), target);
     v->entry[v->count].target = target;
     v->entry[v->count].offset = floor;

@@ -59,14 +59,19 @@ struct veneers; /* chunk.c */
  */
 struct code_chunk {
     struct code_cache *cache;
-    uint64_t extent;       /* first granule << 32 | granules; atomic (code_cache_find) */
-    uint32_t used;         /* bytes claimed from the low end */
-    uint32_t veneer_floor; /* veneers occupy [veneer_floor, size) */
-    uint32_t reserve;      /* the outstanding reservation's first byte + 1, or 0 */
-    uint32_t id;           /* index in cache->records */
-    uint32_t fifo_next;    /* recycled FIFO: the next record's id + 1, or 0 */
-    uint8_t state;         /* enum chunk_state; atomic */
-    uint8_t frozen_from;   /* code_cache_reset: the state before it froze the chunk */
+    uint64_t extent;          /* first granule << 32 | granules; atomic (code_cache_find) */
+    uint32_t used;            /* bytes claimed from the low end */
+    uint32_t veneer_floor;    /* veneers occupy [veneer_floor, size) */
+    uint32_t reserve;         /* the outstanding reservation's first byte + 1, or 0 */
+    uint32_t id;              /* index in cache->records */
+    union {
+        uint32_t fifo_next; /* FREED, in the recycled FIFO: the next record's id + 1, or 0 */
+        uint32_t reused;    /* OPEN or SEALED: the span held code before (freed, or before a
+                               reset), so its seal resynchronises other cores (arch_sync_cores) */
+    };
+    uint8_t state;            /* enum chunk_state; atomic */
+    uint8_t frozen_from;      /* code_cache_reset: the state before it froze the chunk */
+    uint16_t reserve_veneers; /* veneers placed since the reservation began */
     struct veneers *veneers;
     void *debug_names; /* names for profilers and debuggers, or NULL */
 };
@@ -77,6 +82,7 @@ struct code_cache {
     struct meta meta;
     const struct wx_ops *wx;
     unsigned flags;
+    int exec_prot; /* PROT_READ | PROT_EXEC, | PROT_BTI with CODE_CACHE_BTI */
 
     /* The region: the reservation with a guard page at each end, and its usable part as code
      * runs there. rw_base is where that part is written (== base with the mprotect backend). */
@@ -100,9 +106,15 @@ struct code_cache {
     uintptr_t rw_map_base;
     size_t rw_map_size;
     unsigned fork_generation;
+    /* CODE_CACHE_DUAL_HARDEN: sealed granules per page (uint16_t), and the lock that keeps a
+     * page's count and its protection in the RW view in step. */
+    bool harden;
+    pthread_mutex_t harden_lock;
+    struct table sealed_per_page;
 
     /* Allocation state, under the lock. */
     size_t bump;        /* granules handed out from the low end at least once */
+    size_t high_water;  /* granules ever handed out, resets included: below it, code may have run */
     size_t ahead;       /* [bump, ahead) is committed ahead; ahead is page aligned */
     size_t ahead_step;  /* bytes of the next commit-ahead step */
     bool committing;    /* a thread commits ahead of the bump pointer, outside the lock */
@@ -187,7 +199,8 @@ void find_clear(struct code_cache *cache, size_t first, size_t n);
 void cache_lock(struct code_cache *cache);
 void cache_unlock(struct code_cache *cache);
 /* The second half of code_chunk_free, called with the chunk FREEING and in_flight counted:
- * releases or scrubs its span outside the lock, then gives it back and retires the record. */
-void cache_reclaim(struct code_cache *cache, struct code_chunk *chunk);
+ * releases or scrubs its span outside the lock, then gives it back and retires the record.
+ * sealed: the chunk was SEALED. */
+void cache_reclaim(struct code_cache *cache, struct code_chunk *chunk, bool sealed);
 
 #endif /* CODE_CACHE_INTERNAL_H */

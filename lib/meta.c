@@ -100,6 +100,25 @@ void *meta_alloc(struct meta *m, size_t size)
 }
 
 /*
+ * jemalloc zeroes with MALLOCX_ZERO only what it does not know to be zero (fresh pages from the
+ * system are), so a large table's untouched pages cost no memory: with 100,000 live functions the
+ * record and granule tables, allocated in doubling slabs, would otherwise hold up to twice the
+ * memory they use. Under valgrind the memset of meta_alloc is kept (see there).
+ */
+void *meta_alloc_lazy(struct meta *m, size_t size)
+{
+    if (RUNNING_ON_VALGRIND)
+        return meta_alloc(m, size);
+    void *p = mallocx(size, meta_flags(m) | MALLOCX_ZERO);
+    if (p == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    __atomic_fetch_add(&m->bytes, sallocx(p, 0), __ATOMIC_RELAXED);
+    return p;
+}
+
+/*
  * Grows in place when jemalloc can (xallocx), else allocates, copies and frees. rallocx is not
  * used: its copy writes into memory that memcheck knows as freed (see meta_alloc). The bytes
  * between old_size and new_size are zeroed, like meta_alloc's.

@@ -12,6 +12,9 @@ struct meta {
 int meta_open(struct meta *m); /* 0, or -1 + errno (ENOMEM) */
 void meta_close(struct meta *m);
 void *meta_alloc(struct meta *m, size_t size); /* zeroed; NULL + ENOMEM */
+/* The same for a large block that is touched gradually (the slabs of a table): pages never
+ * touched stay unbacked where jemalloc knows them to be zero already. */
+void *meta_alloc_lazy(struct meta *m, size_t size);
 /* NULL + ENOMEM, p kept. */
 void *meta_grow(struct meta *m, void *p, size_t old_size, size_t new_size);
 void meta_free(struct meta *m, void *p, size_t size);

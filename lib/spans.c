@@ -186,17 +186,13 @@ bool spans_any(const struct spans *s, enum spans_kind kind, size_t first, size_t
     return spans_next(s, kind, first, true) < first + n;
 }
 
-size_t spans_run_below(const struct spans *s, size_t top)
+size_t spans_largest_run(const struct spans *s)
 {
-    size_t i = top;
-    while (i > 0 && i % BITS != 0 && spans_free_at(s, i - 1))
-        i--;
-    /* Whole words of free granules at a time. */
-    while (i >= BITS && i % BITS == 0 && s->free_bits[i / BITS - 1] == ~(uint64_t)0)
-        i -= BITS;
-    while (i > 0 && spans_free_at(s, i - 1))
-        i--;
-    return i;
+    size_t largest = 0, a, b;
+    for (size_t i = 0; spans_next_run(s, SPANS_FREE, i, SIZE_MAX, &a, &b); i = b)
+        if (b - a > largest)
+            largest = b - a;
+    return largest;
 }
 
 void spans_clear(struct spans *s)

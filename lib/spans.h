@@ -48,9 +48,8 @@ bool spans_any(const struct spans *s, enum spans_kind kind, size_t first, size_t
  * and cut at limit; false when there is none. */
 bool spans_next_run(const struct spans *s, enum spans_kind kind, size_t from, size_t limit,
                     size_t *start, size_t *end);
-/* The first granule of the run of free granules that ends at top (top itself when granule
- * top - 1 is not free). */
-size_t spans_run_below(const struct spans *s, size_t top);
+/* The length of the longest run of free granules (for error messages: a full scan). */
+size_t spans_largest_run(const struct spans *s);
 void spans_clear(struct spans *s); /* nothing free, cold or dirty */
 
 /* The number of freed spans: maximal runs of free granules below the bump pointer. Kept up to date

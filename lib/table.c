@@ -26,7 +26,7 @@ int table_grow(struct table *t, struct meta *m, size_t n)
             return -1;
         }
         size_t elems = table_slab_elems(t, t->slabs);
-        void *slab = meta_alloc(m, elems * t->elem_size);
+        void *slab = meta_alloc_lazy(m, elems * t->elem_size);
         if (slab == NULL)
             return -1;
         __atomic_store_n(&t->slab[t->slabs], slab, __ATOMIC_RELEASE);

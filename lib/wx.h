@@ -21,6 +21,7 @@ struct wx_ops {
     bool freed_stays_ready; /* dual: a freed span keeps its memory (traps) until released in a
                                batch; mprotect: freeing releases the pages at once */
     bool can_patch;         /* code_chunk_patch is possible (a second, writable view) */
+    unsigned flags;         /* the CODE_CACHE_* flags that only this backend accepts */
 
     /* After placement: the views over the reservation [cache->base, + cache->size). */
     int (*open)(struct code_cache *cache);
@@ -33,8 +34,13 @@ struct wx_ops {
     /* Pages [off, off + len) -> inaccessible, memory given back. *discarded false when the memory
      * could not be given back (the pages are inaccessible all the same). */
     int (*release)(struct code_cache *cache, size_t off, size_t len, bool *discarded);
-    /* A freed span that stays ready (freed_stays_ready): its bytes become traps. */
-    void (*scrub)(struct code_cache *cache, size_t off, size_t len);
+    /* A freed span that stays ready (freed_stays_ready): its bytes become traps. sealed: the
+     * chunk was SEALED when it was freed. 0, or -1 + errno when the span cannot be written. */
+    int (*scrub)(struct code_cache *cache, size_t off, size_t len, bool sealed);
+    /* Around a write into sealed code (code_chunk_patch), for backends that can: the span is
+     * writable between begin (0, or -1 + errno) and end. */
+    int (*patch_begin)(struct code_cache *cache, size_t off, size_t len);
+    void (*patch_end)(struct code_cache *cache, size_t off, size_t len);
 };
 
 extern const struct wx_ops wx_mprotect;
@@ -43,8 +49,10 @@ extern const struct wx_ops wx_dual;
 /* wx.c: what both backends share. */
 int wx_protect(struct code_cache *cache, uintptr_t addr, size_t len, int prot); /* counted */
 void wx_count_syscall(struct code_cache *cache);
-/* After code was written at [rx, rx + len): instruction cache and valgrind's translations. */
-void wx_publish(uintptr_t rx, size_t len);
+/* After code was written at [rx, rx + len): instruction cache and valgrind's translations, and,
+ * when other threads may already have run code at those addresses (ran_before: a reused span, a
+ * patch), the other cores' instruction streams (arch_sync_cores). */
+void wx_publish(uintptr_t rx, size_t len, bool ran_before);
 /* The RW view of a dual-mapped cache is not inherited by fork(): true in a child. Costs a load. */
 bool wx_forked(const struct code_cache *cache);
 unsigned wx_fork_generation(void);

@@ -39,7 +39,7 @@ int json_jit_encode_array(const struct json_schema *s, const void *objs, size_t 
 
 bool json_jit_supported(void)
 {
-#if defined(__x86_64__)
+#if defined(__x86_64__) || defined(__aarch64__)
     return true;
 #else
     return false;
@@ -63,21 +63,34 @@ struct json_jit *json_jit_create(struct code_cache *cache)
         return jit;
     }
     /* Near every function of the program holding the helpers (they may sit in a shared object
-     * or the executable); failing that near one helper; failing that anywhere, with veneers. */
+     * or the executable); failing that near one helper; failing that anywhere, with veneers.
+     * Where the system refuses to make memory executable with mprotect (systemd's
+     * MemoryDenyWriteExecute, prctl PR_SET_MDWE), the dual-mapped backend may still work: it
+     * maps its code r-x once and never asks for PROT_EXEC again. When both say EACCES, the
+     * caller has the interpreter. */
     const void *helper = FN_ADDR(json_put_i32);
-    struct code_cache_options near_object = {
-        .size = 4 << 20, .near = helper, .flags = CODE_CACHE_NEAR_OBJECT};
-    struct code_cache_options near_one = {.size = 4 << 20, .near = helper};
-    struct code_cache_options anywhere = {.size = 4 << 20};
-    const char *how = "near every segment of the helpers' object";
-    jit->cache = code_cache_create(&near_object);
-    if (jit->cache == NULL) {
-        how = "near json_put_i32 only (the helpers' object did not fit)";
-        jit->cache = code_cache_create(&near_one);
-    }
-    if (jit->cache == NULL) {
-        how = "anywhere: helpers are called through veneers";
-        jit->cache = code_cache_create(&anywhere);
+    static const unsigned backends[] = {0, CODE_CACHE_DUAL_MAP};
+    for (size_t b = 0; b < sizeof backends / sizeof backends[0] && jit->cache == NULL; b++) {
+        struct code_cache_options near_object = {
+            .size = 4 << 20, .near = helper, .flags = CODE_CACHE_NEAR_OBJECT | backends[b]};
+        struct code_cache_options near_one = {
+            .size = 4 << 20, .near = helper, .flags = backends[b]};
+        struct code_cache_options anywhere = {.size = 4 << 20, .flags = backends[b]};
+        const char *backend = backends[b] ? ", dual-mapped (mprotect to PROT_EXEC is denied)" : "";
+        const char *how = "near every segment of the helpers' object";
+        jit->cache = code_cache_create(&near_object);
+        if (jit->cache == NULL && errno != EACCES) {
+            how = "near json_put_i32 only (the helpers' object did not fit)";
+            jit->cache = code_cache_create(&near_one);
+        }
+        if (jit->cache == NULL && errno != EACCES) {
+            how = "anywhere: helpers are called through veneers";
+            jit->cache = code_cache_create(&anywhere);
+        }
+        if (jit->cache != NULL)
+            snprintf(jit->placement, sizeof jit->placement, "%s%s", how, backend);
+        else if (errno != EACCES)
+            break;
     }
     if (jit->cache == NULL) {
         int saved = errno;
@@ -86,7 +99,6 @@ struct json_jit *json_jit_create(struct code_cache *cache)
         return NULL;
     }
     jit->owns_cache = true;
-    snprintf(jit->placement, sizeof jit->placement, "%s", how);
     return jit;
 }
 
