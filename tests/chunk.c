@@ -494,7 +494,7 @@ Test(chunk, chunks_are_rounded_up_to_the_granule_and_bumped_side_by_side)
         /* Each chunk gets its own function, at its first byte and filling it. */
         struct code_span all = code_chunk_alloc(c[i], span.size, 1);
         cr_assert_eq(all.rx, span.rx);
-        write_return(all, (int)i);
+        fill_return(all, (int)i);
     }
     for (size_t i = 0; i < N; i++)
         seal_checked(cache, c[i]);

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -190,20 +191,26 @@ static bool same_file(const struct mapping *m, const struct dual_view *v)
     return m->ino == v->ino && strcmp(m->dev, v->dev) == 0;
 }
 
-/* The path /proc/self/maps shows for the file, by where the library says it came from. */
+/* The path /proc/self/maps shows for the file, by where the library says it came from: a memfd's
+ * name, or an O_TMPFILE file, named #<inode> in its directory, deleted. */
 static bool expected_path(const struct mapping *m, const char *dual_file)
 {
-    const char *prefix;
+    char prefix[PATH_MAX];
     if (strcmp(dual_file, "memfd") == 0) {
-        prefix = "/memfd:codecache";
-    } else if (strcmp(dual_file, "/dev/shm") == 0) {
-        prefix = "/dev/shm/";
+        static const char name[] = "/memfd:codecache (deleted)";
+        return m->path_len == sizeof name - 1 && strncmp(m->path, name, m->path_len) == 0;
+    }
+    if (strcmp(dual_file, "/dev/shm") == 0) {
+        snprintf(prefix, sizeof prefix, "/dev/shm/#");
     } else {
         cr_assert_str_eq(dual_file, "$TMPDIR", "unknown stats.dual_file");
         const char *tmp = getenv("TMPDIR");
-        prefix = tmp != NULL && *tmp ? tmp : "/tmp";
+        snprintf(prefix, sizeof prefix, "%s/#", tmp != NULL && *tmp ? tmp : "/tmp");
     }
-    return m->path_len >= strlen(prefix) && strncmp(m->path, prefix, strlen(prefix)) == 0;
+    size_t len = strlen(prefix);
+    static const char deleted[] = " (deleted)";
+    return m->path_len >= len + sizeof deleted - 1 && strncmp(m->path, prefix, len) == 0 &&
+           strncmp(m->path + m->path_len - (sizeof deleted - 1), deleted, sizeof deleted - 1) == 0;
 }
 
 static bool present_in(const char *maps, const struct mapping *m)
@@ -213,6 +220,77 @@ static bool present_in(const char *maps, const struct mapping *m)
         if (o.lo == m->lo && o.hi == m->hi && o.ino == m->ino && strcmp(o.dev, m->dev) == 0)
             return true;
     return false;
+}
+
+static bool registered_elsewhere(const struct code_cache *cache, uintptr_t rw, unsigned long ino)
+{
+    bool found = false;
+    pthread_mutex_lock(&views_lock);
+    for (unsigned i = 0; i < VIEWS; i++)
+        if (views[i].cache != NULL && views[i].cache != cache && views[i].rw == rw &&
+            views[i].ino == ino)
+            found = true;
+    pthread_mutex_unlock(&views_lock);
+    return found;
+}
+
+/*
+ * The RW view of a dual-mapped cache in the maps: the shared mappings of one file from offset 0,
+ * side by side with consecutive offsets, reserved bytes in all, rw- (or r-- where
+ * CODE_CACHE_DUAL_HARDEN made sealed pages read-only), of the file stats.dual_file names and, when
+ * the region already maps the file, of that one. Mappings present in before (when not NULL) or
+ * registered for another cache are not candidates. Returns the number of candidates; the last one
+ * in *v.
+ */
+static int find_rw_view(const char *maps, const char *before, const struct code_cache *cache,
+                        const struct code_cache_stats *st, struct dual_view *v)
+{
+    unsigned long region_ino = 0;
+    char region_dev[16] = "";
+    struct mapping m;
+    for (const char *pos = maps; next_mapping(&pos, &m);)
+        if (m.ino != 0 && m.lo >= st->base && m.hi <= st->base + st->reserved) {
+            region_ino = m.ino;
+            memcpy(region_dev, m.dev, sizeof region_dev);
+        }
+    int found = 0;
+    for (const char *pos = maps; next_mapping(&pos, &m);) {
+        if (!m.shared || m.ino == 0 || m.offset != 0 || m.prot[0] != 'r' || m.prot[2] != '-' ||
+            !expected_path(&m, st->dual_file))
+            continue;
+        if (region_ino != 0 && (m.ino != region_ino || strcmp(m.dev, region_dev) != 0))
+            continue;
+        if ((before != NULL && present_in(before, &m)) || registered_elsewhere(cache, m.lo, m.ino))
+            continue;
+        /* The rest of the view, when hardened pages split it. */
+        uintptr_t end = m.hi;
+        struct mapping n;
+        for (const char *p2 = pos; end - m.lo < st->reserved && next_mapping(&p2, &n);) {
+            if (n.lo != end || n.ino != m.ino || !n.shared || n.offset != end - m.lo)
+                break;
+            end = n.hi;
+        }
+        if (end - m.lo != st->reserved)
+            continue;
+        v->rw = m.lo;
+        v->ino = m.ino;
+        memcpy(v->dev, m.dev, sizeof v->dev);
+        found++;
+    }
+    return found;
+}
+
+static void remember_view(const struct dual_view *v)
+{
+    pthread_mutex_lock(&views_lock);
+    unsigned slot = views_next;
+    for (unsigned i = 0; i < VIEWS; i++)
+        if (views[i].cache == v->cache)
+            slot = i;
+    if (slot == views_next)
+        views_next = (views_next + 1) % VIEWS;
+    views[slot] = *v;
+    pthread_mutex_unlock(&views_lock);
 }
 
 struct code_cache *test_cache_create(const struct code_cache_options *opts)
@@ -230,39 +308,22 @@ struct code_cache *test_cache_create(const struct code_cache_options *opts)
     code_cache_get_stats(cache, &st);
     cr_assert_str_eq(st.backend, "dual", "CODE_CACHE_DUAL_MAP gave another backend");
     cr_assert_not_null(st.dual_file);
-    /* The RW view: the one new shared writable mapping of a file, the cache's size, offset 0. */
+    /* The RW view: the one new shared mapping of a file of the cache's size, offset 0. */
     char *after = read_proc("/proc/self/maps");
     struct dual_view v = {.cache = cache, .base = st.base, .reserved = st.reserved,
                           .pid = getpid()};
-    int found = 0;
-    struct mapping m;
-    for (const char *pos = after; next_mapping(&pos, &m);) {
-        if (strcmp(m.prot, "rw-") != 0 || !m.shared || m.ino == 0 || m.offset != 0 ||
-            m.hi - m.lo != st.reserved || present_in(before, &m))
-            continue;
-        cr_assert(expected_path(&m, st.dual_file), "the RW view maps %.*s, not a %s file",
-                  (int)m.path_len, m.path, st.dual_file);
-        v.rw = m.lo;
-        v.ino = m.ino;
-        memcpy(v.dev, m.dev, sizeof v.dev);
-        found++;
-    }
+    int found = find_rw_view(after, before, cache, &st, &v);
     free(before);
     free(after);
     cr_assert_eq(found, 1, "%d candidates for the RW view of the new dual-mapped cache", found);
-    pthread_mutex_lock(&views_lock);
-    unsigned slot = views_next;
-    for (unsigned i = 0; i < VIEWS; i++)
-        if (views[i].cache == cache)
-            slot = i;
-    if (slot == views_next)
-        views_next = (views_next + 1) % VIEWS;
-    views[slot] = v;
-    pthread_mutex_unlock(&views_lock);
+    remember_view(&v);
     errno = saved;
     return cache;
 }
 
+/* Where the cache's RW view is: remembered by test_cache_create, or else (a cache made with
+ * code_cache_create) looked for now, which works as long as no other unremembered dual-mapped
+ * cache of the same size and file source could be taken for it. */
 static struct dual_view view_of(const struct code_cache *cache, const struct code_cache_stats *st)
 {
     struct dual_view v = {0};
@@ -271,9 +332,18 @@ static struct dual_view view_of(const struct code_cache *cache, const struct cod
         if (views[i].cache == cache && views[i].base == st->base)
             v = views[i];
     pthread_mutex_unlock(&views_lock);
-    cr_assert_not_null(v.cache, "dual-mapped cache %p was not created with test_cache_create: "
-                                "where its RW view lies is unknown",
-                       (const void *)cache);
+    if (v.cache != NULL)
+        return v;
+    v = (struct dual_view){.cache = cache, .base = st->base, .reserved = st->reserved,
+                           .pid = getpid()};
+    char *maps = read_proc("/proc/self/maps");
+    int found = find_rw_view(maps, NULL, cache, st, &v);
+    free(maps);
+    cr_assert_eq(found, 1,
+                 "dual-mapped cache %p, not made with test_cache_create: %d candidates for its RW "
+                 "view",
+                 (const void *)cache, found);
+    remember_view(&v);
     return v;
 }
 
@@ -367,8 +437,10 @@ void check_maps(const struct code_cache *cache)
                 cr_assert(m.lo >= v.rw + st.reserved || m.hi <= v.rw || !same_file(&m, &v));
             }
             if (overlaps(v.rw, v.rw + st.reserved, &m)) {
-                cr_assert(strcmp(m.prot, "rw-") == 0 && m.shared && same_file(&m, &v) &&
-                              m.lo >= v.rw && m.hi <= v.rw + st.reserved,
+                /* r--: pages CODE_CACHE_DUAL_HARDEN made read-only, all sealed code. */
+                cr_assert((strcmp(m.prot, "rw-") == 0 || strcmp(m.prot, "r--") == 0) &&
+                              m.shared && same_file(&m, &v) && m.lo >= v.rw &&
+                              m.hi <= v.rw + st.reserved,
                           "dual: the RW view holds " MAPPING_FMT, MAPPING_ARGS(m));
                 cr_assert_eq(m.offset, m.lo - v.rw, "dual: the RW view " MAPPING_FMT
                                                     " maps file offset %#" PRIxPTR,
@@ -638,7 +710,7 @@ jit_fn emit_return(struct code_chunk *chunk, int value)
     return fn;
 }
 
-jit_fn write_return(struct code_span span, int value)
+jit_fn fill_return(struct code_span span, int value)
 {
     cr_assert_geq(span.size, 6, "a function returning a value takes 6 bytes at least");
     unsigned char *p = span.rw;

@@ -45,8 +45,9 @@ const char *test_backend_name(void);
 
 /* Creates a cache (code_cache_create: NULL and errno on failure, nothing asserted) and, for a
  * dual-mapped one, finds its RW view in /proc/self/maps (the library tells nobody where it is, on
- * purpose) and remembers it for check_maps. Every dual-mapped cache a test checks must come from
- * here. */
+ * purpose: the new shared mapping of the file) and remembers it for check_maps. check_maps looks
+ * for the RW view of a cache made otherwise too, but then cannot tell apart two such caches of one
+ * size. */
 struct code_cache *test_cache_create(const struct code_cache_options *opts);
 
 /* A cache of size bytes near helper_triple with the backend under test; the test fails if it
@@ -67,9 +68,10 @@ bool test_cache_is_dual(const struct code_cache *cache);
  *   stats.retired.
  *   Dual-mapped: the region is never writable; its accessible pages are the shared file mapped
  *   r-x at the offset of their own address (rx - base), its other pages anonymous ---. The RW view
- *   is one rw- shared mapping of the same file over [rw, rw + reserved) at offset 0, with a ---
- *   guard page on each side, never executable, and neither overlapping nor touching the region.
- *   The file is mapped nowhere else. In a fork()ed child the RW view is absent.
+ *   is the same file mapped shared over [rw, rw + reserved) from offset 0, rw- (r-- where
+ *   CODE_CACHE_DUAL_HARDEN made sealed pages read-only), with a --- guard page on each side, never
+ *   executable, and neither overlapping nor touching the region. The file is mapped nowhere else.
+ *   In a fork()ed child the RW view is absent.
  */
 void check_maps(const struct code_cache *cache);
 
@@ -131,7 +133,7 @@ jit_fn try_emit_return(struct code_chunk *chunk, int value);
 
 /* Writes at span (rw and rx, size >= 6 bytes) a function of exactly span.size bytes returning
  * value: mov eax, imm32, then nops, then ret. */
-jit_fn write_return(struct code_span span, int value);
+jit_fn fill_return(struct code_span span, int value);
 
 /*
  * A function computing 2 * x + 5, written into a page of this program's own, mapped at least 8 GiB

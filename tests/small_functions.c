@@ -113,7 +113,7 @@ static bool add_chunk(struct world *w)
             break;
         }
         l->value[l->nfns] = w->next_value++;
-        l->fn[l->nfns] = write_return(fspan, l->value[l->nfns]);
+        l->fn[l->nfns] = fill_return(fspan, l->value[l->nfns]);
         l->nfns++;
     }
     cr_assert_gt(l->nfns, 0, "not even one function fitted in %zu bytes", l->span.size);
