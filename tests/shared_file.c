@@ -155,6 +155,23 @@ Test(shared_file, a_kernel_without_MFD_EXEC_still_gets_a_memfd)
     cr_assert_eq(fault_calls(FAULT_MEMFD_CREATE), 2, "asked again without MFD_EXEC");
 }
 
+Test(shared_file, memfd_refused_falls_back_to_dev_shm)
+{
+    fault_inject(FAULT_MEMFD_CREATE, FAULT_ANY, 0, ENOSYS);
+    expect_source("/dev/shm", "/dev/shm/#");
+    cr_assert_eq(fault_calls_with(FAULT_OPEN, O_TMPFILE), 1, "$TMPDIR was not needed");
+}
+
+/* vm.memfd_noexec=2, or an LSM: the memfd exists but cannot be mapped executable. (A file of a
+ * tmpfs refuses seals with EPERM, not EINVAL: that must not make /dev/shm fail too.) */
+Test(shared_file, a_memfd_that_cannot_be_mapped_executable_falls_back_to_dev_shm)
+{
+    fault_inject(FAULT_MMAP, PROT_READ | PROT_EXEC, 1, EACCES);
+    expect_source("/dev/shm", "/dev/shm/#");
+    cr_assert_eq(fault_failures(), 1);
+    cr_assert_eq(fault_calls_with(FAULT_OPEN, O_TMPFILE), 1, "$TMPDIR was not needed");
+}
+
 /* A directory of our own as $TMPDIR, removed by the caller with rmdir. */
 static const char *make_tmpdir(void)
 {
@@ -169,7 +186,7 @@ Test(shared_file, no_memfd_and_no_dev_shm_falls_back_to_tmpdir)
 {
     const char *dir = make_tmpdir();
     char prefix[80];
-    snprintf(prefix, sizeof prefix, "%s/", dir);
+    snprintf(prefix, sizeof prefix, "%s/#", dir); /* O_TMPFILE: #inode */
     /* A seccomp filter refusing memfd_create, and no /dev/shm: the first O_TMPFILE open. */
     fault_inject(FAULT_MEMFD_CREATE, FAULT_ANY, 0, ENOSYS);
     fault_also(FAULT_OPEN, O_TMPFILE, 1, ENOENT);
@@ -184,7 +201,7 @@ Test(shared_file, a_noexec_dev_shm_falls_back_to_tmpdir)
 {
     const char *dir = make_tmpdir();
     char prefix[80];
-    snprintf(prefix, sizeof prefix, "%s/", dir);
+    snprintf(prefix, sizeof prefix, "%s/#", dir); /* O_TMPFILE: #inode */
     fault_inject(FAULT_MEMFD_CREATE, FAULT_ANY, 0, ENOSYS);
     fault_also(FAULT_MMAP, PROT_READ | PROT_EXEC, 1, EPERM);
     expect_source("$TMPDIR", prefix);
