@@ -237,7 +237,8 @@ Test(chunk, function_allocation_follows_size_and_alignment_rules)
     struct code_cache *cache = test_cache_near_helper(1 << 20);
     struct code_chunk *chunk = alloc_checked(cache, PAGE);
     uintptr_t base = chunk_base(chunk);
-    const ptrdiff_t rw_minus_rx = (char *)code_chunk_span(chunk).rw - (char *)code_chunk_span(chunk).rx;
+    const ptrdiff_t rw_minus_rx =
+        (char *)code_chunk_span(chunk).rw - (char *)code_chunk_span(chunk).rx;
 
     static const size_t bad_aligns[] = {3, 6, 24, 100};
     for (size_t i = 0; i < sizeof bad_aligns / sizeof bad_aligns[0]; i++) {

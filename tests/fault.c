@@ -83,7 +83,8 @@ void fault_expect_nothing_left_mapped(const char *what)
     for (unsigned i = 0; i < n; i++)
         cr_assert_eq(mapped_bytes((const void *)ranges[i].addr, ranges[i].len), 0,
                      "%s: the library's mapping [%#lx, %#lx) is still there", what,
-                     (unsigned long)ranges[i].addr, (unsigned long)(ranges[i].addr + ranges[i].len));
+                     (unsigned long)ranges[i].addr,
+                     (unsigned long)(ranges[i].addr + ranges[i].len));
 }
 
 /* MAP_FIXED maps over one of the library's own reservations; anything else (a hint, or

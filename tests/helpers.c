@@ -310,8 +310,8 @@ struct code_cache *test_cache_create(const struct code_cache_options *opts)
     cr_assert_not_null(st.dual_file);
     /* The RW view: the one new shared mapping of a file of the cache's size, offset 0. */
     char *after = read_proc("/proc/self/maps");
-    struct dual_view v = {.cache = cache, .base = st.base, .reserved = st.reserved,
-                          .pid = getpid()};
+    struct dual_view v = {
+        .cache = cache, .base = st.base, .reserved = st.reserved, .pid = getpid()};
     int found = find_rw_view(after, before, cache, &st, &v);
     free(before);
     free(after);
@@ -334,8 +334,8 @@ static struct dual_view view_of(const struct code_cache *cache, const struct cod
     pthread_mutex_unlock(&views_lock);
     if (v.cache != NULL)
         return v;
-    v = (struct dual_view){.cache = cache, .base = st->base, .reserved = st->reserved,
-                           .pid = getpid()};
+    v = (struct dual_view){
+        .cache = cache, .base = st->base, .reserved = st->reserved, .pid = getpid()};
     char *maps = read_proc("/proc/self/maps");
     int found = find_rw_view(maps, NULL, cache, st, &v);
     free(maps);
@@ -375,8 +375,9 @@ static size_t clipped(uintptr_t lo, uintptr_t hi, const struct mapping *m)
     return (m->hi < hi ? m->hi : hi) - (m->lo > lo ? m->lo : lo);
 }
 
-#define MAPPING_FMT  "%#" PRIxPTR "-%#" PRIxPTR " %s%c %.*s"
-#define MAPPING_ARGS(m) (m).lo, (m).hi, (m).prot, (m).shared ? 's' : 'p', (int)(m).path_len, (m).path
+#define MAPPING_FMT "%#" PRIxPTR "-%#" PRIxPTR " %s%c %.*s"
+#define MAPPING_ARGS(m)                                                                            \
+    (m).lo, (m).hi, (m).prot, (m).shared ? 's' : 'p', (int)(m).path_len, (m).path
 
 void check_maps(const struct code_cache *cache)
 {
@@ -402,15 +403,16 @@ void check_maps(const struct code_cache *cache)
     struct mapping m;
     size_t accessible = 0, covered = 0, rw_covered = 0;
     for (const char *pos = text; next_mapping(&pos, &m);) {
-        cr_assert(!(m.prot[1] == 'w' && m.prot[2] == 'x' && (overlaps(lo, hi, &m) ||
-                                                             (dual && same_file(&m, &v)))),
+        cr_assert(!(m.prot[1] == 'w' && m.prot[2] == 'x' &&
+                    (overlaps(lo, hi, &m) || (dual && same_file(&m, &v)))),
                   "W^X broken: " MAPPING_FMT, MAPPING_ARGS(m));
         if (overlaps(lo, hi, &m)) {
             uintptr_t a = m.lo > lo ? m.lo : lo, b = m.hi < hi ? m.hi : hi;
             covered += b - a;
             if (strcmp(m.prot, "---") == 0) {
-                cr_assert(!dual || m.ino == 0, "dual: an inaccessible page of the region maps "
-                                               "a file: " MAPPING_FMT,
+                cr_assert(!dual || m.ino == 0,
+                          "dual: an inaccessible page of the region maps "
+                          "a file: " MAPPING_FMT,
                           MAPPING_ARGS(m));
                 continue;
             }
@@ -438,12 +440,11 @@ void check_maps(const struct code_cache *cache)
             }
             if (overlaps(v.rw, v.rw + st.reserved, &m)) {
                 /* r--: pages CODE_CACHE_DUAL_HARDEN made read-only, all sealed code. */
-                cr_assert((strcmp(m.prot, "rw-") == 0 || strcmp(m.prot, "r--") == 0) &&
-                              m.shared && same_file(&m, &v) && m.lo >= v.rw &&
-                              m.hi <= v.rw + st.reserved,
+                cr_assert((strcmp(m.prot, "rw-") == 0 || strcmp(m.prot, "r--") == 0) && m.shared &&
+                              same_file(&m, &v) && m.lo >= v.rw && m.hi <= v.rw + st.reserved,
                           "dual: the RW view holds " MAPPING_FMT, MAPPING_ARGS(m));
-                cr_assert_eq(m.offset, m.lo - v.rw, "dual: the RW view " MAPPING_FMT
-                                                    " maps file offset %#" PRIxPTR,
+                cr_assert_eq(m.offset, m.lo - v.rw,
+                             "dual: the RW view " MAPPING_FMT " maps file offset %#" PRIxPTR,
                              MAPPING_ARGS(m), m.offset);
             }
             continue;
@@ -514,8 +515,8 @@ size_t check_no_wx(const struct code_cache *cache)
         seen += region || rw_view;
         cr_assert(!(m.prot[1] == 'w' && m.prot[2] == 'x'), "W^X broken: " MAPPING_FMT,
                   MAPPING_ARGS(m));
-        cr_assert(!(dual && region && m.prot[1] == 'w'), "dual: the RX view is writable: " MAPPING_FMT,
-                  MAPPING_ARGS(m));
+        cr_assert(!(dual && region && m.prot[1] == 'w'),
+                  "dual: the RX view is writable: " MAPPING_FMT, MAPPING_ARGS(m));
         cr_assert(!(rw_view && m.prot[2] == 'x'), "dual: the RW view is executable: " MAPPING_FMT,
                   MAPPING_ARGS(m));
     }
@@ -605,8 +606,8 @@ void expect_freed_span(struct code_span span)
             cr_assert_eq(i, end - a, "freed byte %zu at %p is %#x, not a trap", off + i,
                          (const void *)(rx + i), rx[i]);
             i = first_not(rw, end - a, TEST_TRAP_BYTE);
-            cr_assert_eq(i, end - a, "freed byte %zu, written at %p, is %#x, not a trap",
-                         off + i, (const void *)(rw + i), rw[i]);
+            cr_assert_eq(i, end - a, "freed byte %zu, written at %p, is %#x, not a trap", off + i,
+                         (const void *)(rw + i), rw[i]);
         } else {
             cr_assert_str_eq(prot, "---", "freed code at %#" PRIxPTR " is %s", a, prot);
         }

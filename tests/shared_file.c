@@ -252,8 +252,8 @@ static void sweep_create(enum fault_call call, int err, bool memfd_refused)
     cr_log_info("create%s: %u calls of %s", memfd_refused ? " without memfd" : "", total,
                 fault_name(call));
     for (unsigned n = 1; n <= total; n++) {
-        snprintf(context, sizeof context, "%s #%u of create%s failing with %s", fault_name(call),
-                 n, memfd_refused ? " without memfd" : "", strerror(err));
+        snprintf(context, sizeof context, "%s #%u of create%s failing with %s", fault_name(call), n,
+                 memfd_refused ? " without memfd" : "", strerror(err));
         size_t fds = open_fds(), meta = jemalloc_allocated();
         fault_clear();
         if (memfd_refused && call != FAULT_MEMFD_CREATE)
@@ -295,9 +295,9 @@ Test(shared_file, create_fails_cleanly_at_every_call_site)
         enum fault_call call;
         int err;
     } kinds[] = {
-        {FAULT_MMAP, ENOMEM},     {FAULT_MUNMAP, EINVAL},  {FAULT_MADVISE, EAGAIN},
-        {FAULT_MEMFD_CREATE, EMFILE}, {FAULT_OPEN, EMFILE}, {FAULT_FTRUNCATE, EFBIG},
-        {FAULT_FCNTL, EBUSY},     {FAULT_FALLOCATE, EOPNOTSUPP}, {FAULT_MPROTECT, ENOMEM},
+        {FAULT_MMAP, ENOMEM},         {FAULT_MUNMAP, EINVAL},        {FAULT_MADVISE, EAGAIN},
+        {FAULT_MEMFD_CREATE, EMFILE}, {FAULT_OPEN, EMFILE},          {FAULT_FTRUNCATE, EFBIG},
+        {FAULT_FCNTL, EBUSY},         {FAULT_FALLOCATE, EOPNOTSUPP}, {FAULT_MPROTECT, ENOMEM},
     };
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         sweep_create(kinds[i].call, kinds[i].err, false);

@@ -581,8 +581,10 @@ static void sweep_scenario(void)
     cr_assert_eq(open_fds(), fds, "%s: destroy left a descriptor open", context);
     if (injected_call != FAULT_MUNMAP)
         fault_expect_nothing_left_mapped(context);
-    cr_assert_eq(fault_wx_requests(), 0, "%s: the library asked for a writable and executable "
-                                         "mapping", context);
+    cr_assert_eq(fault_wx_requests(), 0,
+                 "%s: the library asked for a writable and executable "
+                 "mapping",
+                 context);
 }
 
 /* Makes each call of one kind in the scenario fail in turn. used: whether the backend under test

@@ -27,7 +27,7 @@
 
 struct shared {
     struct code_cache *cache;
-    bool can_patch; /* the dual backend */
+    bool can_patch;         /* the dual backend */
     uintptr_t watched_page; /* chunks that land on this page are counted in same_page */
     long same_page;
     int rounds;
@@ -147,8 +147,8 @@ static void *churn(void *arg)
             if (rc == 0)
                 expect[1] = patched;
             if (fns[1]() != expect[1])
-                fail(sh, "thread %d round %d: the patched function returned the wrong value",
-                     w->id, r);
+                fail(sh, "thread %d round %d: the patched function returned the wrong value", w->id,
+                     r);
         }
         kept[k] = chunk;
     }
@@ -211,8 +211,10 @@ Test(threads, allocate_seal_run_and_free_concurrently_without_overlap)
     cr_assert_eq(st.chunks_allocated, (size_t)THREADS * sh.rounds);
     /* Less than the smallest request (128 bytes) is left at the top: a page with mprotect,
      * possibly one granule with dual. */
-    cr_assert_lt(st.never_used, 128, "the bump pointer ran out and freed spans were reused: %zu "
-                 "bytes never used", st.never_used);
+    cr_assert_lt(st.never_used, 128,
+                 "the bump pointer ran out and freed spans were reused: %zu "
+                 "bytes never used",
+                 st.never_used);
     pthread_mutex_destroy(&sh.lock);
     code_cache_destroy(cache);
 }
