@@ -411,7 +411,7 @@ void code_chunk_free(struct code_chunk *chunk)
                        __ATOMIC_RELAXED);
     cache->in_flight++;
     cache_unlock(cache);
-    cache_reclaim(cache, chunk, state == CHUNK_SEALED);
+    space_reclaim(cache, chunk, state == CHUNK_SEALED);
 }
 
 /* The veneer of this chunk that jumps to target, or NULL. */

@@ -5,7 +5,7 @@
  *
  * Layers, bottom up (DESIGN.md): os.c (system calls) < arch/ (instruction set) < meta.c (jemalloc
  * arena) < maps.c (address-space map) < place.c (placement) < wx*.c (W^X backends) < spans.c,
- * table.c, find.c (indexes) < cache.c, chunk.c (the public API).
+ * table.c, find.c (indexes) < space.c (free space) < cache.c, chunk.c (the public API).
  */
 #ifndef CODE_CACHE_INTERNAL_H
 #define CODE_CACHE_INTERNAL_H
@@ -59,11 +59,11 @@ struct veneers; /* chunk.c */
  */
 struct code_chunk {
     struct code_cache *cache;
-    uint64_t extent;          /* first granule << 32 | granules; atomic (code_cache_find) */
-    uint32_t used;            /* bytes claimed from the low end */
-    uint32_t veneer_floor;    /* veneers occupy [veneer_floor, size) */
-    uint32_t reserve;         /* the outstanding reservation's first byte + 1, or 0 */
-    uint32_t id;              /* index in cache->records */
+    uint64_t extent;       /* first granule << 32 | granules; atomic (code_cache_find) */
+    uint32_t used;         /* bytes claimed from the low end */
+    uint32_t veneer_floor; /* veneers occupy [veneer_floor, size) */
+    uint32_t reserve;      /* the outstanding reservation's first byte + 1, or 0 */
+    uint32_t id;           /* index in cache->records */
     union {
         uint32_t fifo_next; /* FREED, in the recycled FIFO: the next record's id + 1, or 0 */
         uint32_t reused;    /* OPEN or SEALED: the span held code before (freed, or before a
@@ -194,13 +194,23 @@ int find_grow(struct code_cache *cache, size_t granules); /* 0, or -1 + ENOMEM *
 void find_set(struct code_cache *cache, size_t first, size_t n, uint32_t id);
 void find_clear(struct code_cache *cache, size_t first, size_t n);
 
-/* cache.c: the lock, and giving a freed chunk's span back. */
+/* cache.c: the lock. */
 /* Takes the lock once no reset is in progress. */
 void cache_lock(struct code_cache *cache);
 void cache_unlock(struct code_cache *cache);
+/* A thread that worked outside the lock (in_flight) is done; caller holds the lock. */
+void cache_end_outside(struct code_cache *cache);
+
+/* space.c: the free space, from which code_cache_alloc takes chunks. */
+void space_init(struct code_cache *cache);
 /* The second half of code_chunk_free, called with the chunk FREEING and in_flight counted:
  * releases or scrubs its span outside the lock, then gives it back and retires the record.
  * sealed: the chunk was SEALED. */
-void cache_reclaim(struct code_cache *cache, struct code_chunk *chunk, bool sealed);
+void space_reclaim(struct code_cache *cache, struct code_chunk *chunk, bool sealed);
+/* Bytes from the start of the region that may be committed: what a reset releases. */
+size_t space_committed_bytes(const struct code_cache *cache);
+/* After a reset released those bytes: everything is never-used again, or, when the memory could
+ * not be discarded, free, cold and dirty. Caller holds the lock. */
+void space_forget_all(struct code_cache *cache, size_t released, bool discarded);
 
 #endif /* CODE_CACHE_INTERNAL_H */

@@ -13,7 +13,7 @@
  * a line that one of them is still writing; finer granules would cost more in the granule index
  * of code_cache_find, 4 bytes each, than they save in rounding). Every byte of a committed page is
  * live code or a trap: fresh pages are filled with traps when committed, freed spans when freed, so
- * a stale or stray jump traps at once. Whole free pages go back to the kernel in batches (cache.c),
+ * a stale or stray jump traps at once. Whole free pages go back to the kernel in batches (space.c),
  * and then become PROT_NONE in the RX view, so jumping there faults too.
  */
 #define _GNU_SOURCE

@@ -737,7 +737,8 @@ Test(perf, jitdump_ends_with_a_close_record_at_exit, .init = jitdump_init, .fini
     char *data = jitdump_read(child, &len);
     size_t n = jitdump_records(data, len, child, at, 4);
     cr_assert_eq(n, 2);
-    cr_assert_str_eq((const char *)((const struct jd_load *)(const void *)(data + at[0]) + 1), "jit_spin_alpha");
+    cr_assert_str_eq((const char *)((const struct jd_load *)(const void *)(data + at[0]) + 1),
+                     "jit_spin_alpha");
     const struct jd_record *last = (const void *)(data + at[1]);
     cr_assert_eq(last->id, 3, "JIT_CODE_CLOSE");
     cr_assert_eq(last->total_size, sizeof *last);

@@ -17,7 +17,7 @@
 #define PAGE test_page_size()
 
 /* The bounds documented with code_cache_alloc: freed spans, ready (committed) freed bytes. */
-#define QUARANTINE 512
+#define QUARANTINE       512
 #define READY_QUARANTINE ((size_t)1 << 20)
 
 static struct code_chunk *alloc_page(struct code_cache *cache)
