@@ -552,6 +552,14 @@ struct jd_load {
     uint64_t vma, code_addr, code_size, code_index;
 };
 
+/* Records follow one another with no padding: read them by copying, at any alignment. */
+static struct jd_record jd_record_at(const char *data, size_t off)
+{
+    struct jd_record r;
+    memcpy(&r, data + off, sizeof r);
+    return r;
+}
+
 static char jd_dir[64];
 
 static void jitdump_init(void)
@@ -582,27 +590,28 @@ static char *jitdump_read(pid_t pid, size_t *len)
  * of records, and the offset of each in at[] (up to max). */
 static size_t jitdump_records(const char *data, size_t len, pid_t pid, size_t *at, size_t max)
 {
-    const struct jd_header *h = (const void *)data;
-    cr_assert_geq(len, sizeof *h);
-    cr_assert_eq(h->magic, 0x4A695444u, "magic %#x", h->magic);
-    cr_assert_eq(h->version, 1);
-    cr_assert_eq(h->total_size, sizeof *h);
-    cr_assert_eq(h->elf_mach, EM_X86_64);
-    cr_assert_eq(h->pid, (uint32_t)pid);
-    cr_assert_eq(h->flags, 0, "CLOCK_MONOTONIC timestamps, not the TSC");
-    size_t n = 0, off = h->total_size;
-    uint64_t last = h->timestamp;
+    struct jd_header h;
+    cr_assert_geq(len, sizeof h);
+    memcpy(&h, data, sizeof h);
+    cr_assert_eq(h.magic, 0x4A695444u, "magic %#x", h.magic);
+    cr_assert_eq(h.version, 1);
+    cr_assert_eq(h.total_size, sizeof h);
+    cr_assert_eq(h.elf_mach, EM_X86_64);
+    cr_assert_eq(h.pid, (uint32_t)pid);
+    cr_assert_eq(h.flags, 0, "CLOCK_MONOTONIC timestamps, not the TSC");
+    size_t n = 0, off = h.total_size;
+    uint64_t last = h.timestamp;
     while (off < len) {
-        const struct jd_record *r = (const void *)(data + off);
-        cr_assert_geq(len - off, sizeof *r, "a torn record header");
-        cr_assert_geq(r->total_size, sizeof *r);
-        cr_assert_leq(r->total_size, len - off, "a record runs past the end");
-        cr_assert_geq(r->timestamp, last, "time goes back");
-        last = r->timestamp;
+        cr_assert_geq(len - off, sizeof(struct jd_record), "a torn record header");
+        struct jd_record r = jd_record_at(data, off);
+        cr_assert_geq(r.total_size, sizeof r);
+        cr_assert_leq(r.total_size, len - off, "a record runs past the end");
+        cr_assert_geq(r.timestamp, last, "time goes back");
+        last = r.timestamp;
         if (n < max)
             at[n] = off;
         n++;
-        off += r->total_size;
+        off += r.total_size;
     }
     return n;
 }
@@ -620,18 +629,19 @@ static const unsigned char *return_code(int value)
 static void check_load(const char *data, size_t off, const void *code, const void *bytes,
                        size_t size, const char *name, uint64_t index)
 {
-    const struct jd_load *r = (const void *)(data + off);
-    cr_assert_eq(r->p.id, 0, "JIT_CODE_LOAD");
-    cr_assert_eq(r->p.total_size, sizeof *r + strlen(name) + 1 + size);
-    cr_assert_eq(r->pid, (uint32_t)getpid());
-    cr_assert_eq(r->tid, (uint32_t)gettid());
-    cr_assert_eq(r->vma, (uintptr_t)code, "vma %#" PRIx64 ", code at %p", r->vma, code);
-    cr_assert_eq(r->code_addr, (uintptr_t)code);
-    cr_assert_eq(r->code_size, size);
-    cr_assert_eq(r->code_index, index);
-    cr_assert_str_eq((const char *)(r + 1), name);
+    struct jd_load r;
+    memcpy(&r, data + off, sizeof r);
+    cr_assert_eq(r.p.id, 0, "JIT_CODE_LOAD");
+    cr_assert_eq(r.p.total_size, sizeof r + strlen(name) + 1 + size);
+    cr_assert_eq(r.pid, (uint32_t)getpid());
+    cr_assert_eq(r.tid, (uint32_t)gettid());
+    cr_assert_eq(r.vma, (uintptr_t)code, "vma %#" PRIx64 ", code at %p", r.vma, code);
+    cr_assert_eq(r.code_addr, (uintptr_t)code);
+    cr_assert_eq(r.code_size, size);
+    cr_assert_eq(r.code_index, index);
+    cr_assert_str_eq(data + off + sizeof r, name);
     /* perf finds the code at the end of the record. */
-    cr_assert_eq(memcmp(data + off + r->p.total_size - size, bytes, size), 0, "%s's code", name);
+    cr_assert_eq(memcmp(data + off + r.p.total_size - size, bytes, size), 0, "%s's code", name);
 }
 
 /* The marker: the dump file mapped executable, for perf record to log. */
@@ -690,9 +700,9 @@ Test(perf, jitdump_has_a_load_record_per_named_function, .init = jitdump_init, .
         check_load(data, at[index + 1], f, return_code(1), 6, "jit_f", index + 1);
         check_load(data, at[index + 2], after, after, 1, "jit_after", index + 2);
         check_load(data, at[index + 3], f2, return_code(3), 6, "jit_f_reused", index + 3);
-        const struct jd_record *first = (const void *)(data + at[index + 1]);
-        const struct jd_record *reused = (const void *)(data + at[index + 3]);
-        cr_assert_gt(reused->timestamp, first->timestamp, "reuse is told apart by time");
+        struct jd_record first = jd_record_at(data, at[index + 1]);
+        struct jd_record reused = jd_record_at(data, at[index + 3]);
+        cr_assert_gt(reused.timestamp, first.timestamp, "reuse is told apart by time");
         free(data);
         index += 4;
         code_cache_destroy(cache);
@@ -737,11 +747,10 @@ Test(perf, jitdump_ends_with_a_close_record_at_exit, .init = jitdump_init, .fini
     char *data = jitdump_read(child, &len);
     size_t n = jitdump_records(data, len, child, at, 4);
     cr_assert_eq(n, 2);
-    cr_assert_str_eq((const char *)((const struct jd_load *)(const void *)(data + at[0]) + 1),
-                     "jit_spin_alpha");
-    const struct jd_record *last = (const void *)(data + at[1]);
-    cr_assert_eq(last->id, 3, "JIT_CODE_CLOSE");
-    cr_assert_eq(last->total_size, sizeof *last);
+    cr_assert_str_eq(data + at[0] + sizeof(struct jd_load), "jit_spin_alpha");
+    struct jd_record last = jd_record_at(data, at[1]);
+    cr_assert_eq(last.id, 3, "JIT_CODE_CLOSE");
+    cr_assert_eq(last.total_size, sizeof last);
     free(data);
 }
 
