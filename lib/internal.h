@@ -172,6 +172,12 @@ static inline size_t chunk_size(const struct code_chunk *chunk)
 
 /* In a fork()ed child a dual-mapped cache shares its file with the parent, and its RW view is not
  * there (MADV_DONTFORK): nothing may be written to it or released from it. No system call. */
+/* The RW view of a dual-mapped cache is not inherited by fork(): true in a child. Costs a load. */
+static inline bool wx_forked(const struct code_cache *cache)
+{
+    return __atomic_load_n(&wx_generation, __ATOMIC_RELAXED) != cache->fork_generation;
+}
+
 static inline bool cache_frozen_by_fork(const struct code_cache *cache)
 {
     return cache->wx->freed_stays_ready && wx_forked(cache);

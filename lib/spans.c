@@ -112,6 +112,19 @@ size_t spans_find(struct spans *s, size_t n)
     return SIZE_MAX;
 }
 
+size_t spans_find_ready(struct spans *s, size_t n, size_t max_runs)
+{
+    size_t i = spans_next(s, SPANS_READY, s->ready_hint * BITS, true), limit = s->words * BITS;
+    s->ready_hint = i / BITS;
+    for (size_t runs = 0; i < limit && runs < max_runs; runs++) {
+        size_t end = spans_next(s, SPANS_READY, i, false);
+        if (end - i >= n)
+            return i;
+        i = spans_next(s, SPANS_READY, end, true);
+    }
+    return SIZE_MAX;
+}
+
 bool spans_next_run(const struct spans *s, enum spans_kind kind, size_t from, size_t limit,
                     size_t *start, size_t *end)
 {
@@ -160,6 +173,8 @@ void spans_put(struct spans *s, size_t first, size_t n, bool cold, bool dirty)
         spans_fill(s->dirty_bits, first, n, true);
     if (first / BITS < s->hint)
         s->hint = first / BITS;
+    if (!cold && first / BITS < s->ready_hint)
+        s->ready_hint = first / BITS;
 }
 
 void spans_take(struct spans *s, size_t first, size_t n)
@@ -203,6 +218,6 @@ void spans_clear(struct spans *s)
         memset(s->cold_bits, 0, bytes);
         memset(s->dirty_bits, 0, bytes);
     }
-    s->hint = 0;
+    s->hint = s->ready_hint = 0;
     s->holes = 0;
 }

@@ -20,10 +20,11 @@ struct meta;
 
 struct spans {
     uint64_t *free_bits, *cold_bits, *dirty_bits;
-    size_t words;     /* length of the bitmaps */
-    size_t max_words; /* enough words for every granule of the cache */
-    size_t hint;      /* no free bit below word hint */
-    size_t holes;     /* maximal runs of free granules: the freed spans */
+    size_t words;      /* length of the bitmaps */
+    size_t max_words;  /* enough words for every granule of the cache */
+    size_t hint;       /* no free bit below word hint */
+    size_t ready_hint; /* no ready (free, not cold) bit below word ready_hint */
+    size_t holes;      /* maximal runs of free granules: the freed spans */
 };
 
 enum spans_kind { SPANS_FREE, SPANS_COLD, SPANS_DIRTY, SPANS_READY /* free and not cold */ };
@@ -35,6 +36,9 @@ int spans_reserve(struct spans *s, struct meta *m, size_t n);
 /* The first granule of the lowest run of n free granules (address-ordered first fit), or
  * SIZE_MAX. */
 size_t spans_find(struct spans *s, size_t n);
+/* The first granule of the lowest run of n ready granules, looking at no more than max_runs runs
+ * of ready granules (a bounded search: the caller falls back to spans_find), or SIZE_MAX. */
+size_t spans_find_ready(struct spans *s, size_t n, size_t max_runs);
 /* Marks [first, first + n), in use until now, free; cold and dirty as told. */
 void spans_put(struct spans *s, size_t first, size_t n, bool cold, bool dirty);
 /* Marks [first, first + n), free until now, in use (and neither cold nor dirty: the caller
@@ -51,6 +55,12 @@ bool spans_next_run(const struct spans *s, enum spans_kind kind, size_t from, si
 /* The length of the longest run of free granules (for error messages: a full scan). */
 size_t spans_largest_run(const struct spans *s);
 void spans_clear(struct spans *s); /* nothing free, cold or dirty */
+
+/* No granule below this one is ready: where a search for ready granules starts. */
+static inline size_t spans_ready_floor(const struct spans *s)
+{
+    return s->ready_hint * 64; /* granules per word of the bitmaps */
+}
 
 /* The number of freed spans: maximal runs of free granules below the bump pointer. Kept up to date
  * by spans_put, spans_take and spans_clear at no extra search. */

@@ -44,7 +44,7 @@ void wx_publish(uintptr_t rx, size_t len, bool ran_before)
  * compared with the one it was created in. (A raw clone(2) that skips the handlers is not
  * covered; glibc's fork, posix_spawn and system are.)
  */
-static unsigned wx_generation;
+unsigned wx_generation;
 static pthread_once_t wx_atfork_once = PTHREAD_ONCE_INIT;
 
 static void wx_in_child(void)
@@ -61,9 +61,4 @@ unsigned wx_fork_generation(void)
 {
     pthread_once(&wx_atfork_once, wx_register_atfork);
     return __atomic_load_n(&wx_generation, __ATOMIC_RELAXED);
-}
-
-bool wx_forked(const struct code_cache *cache)
-{
-    return __atomic_load_n(&wx_generation, __ATOMIC_RELAXED) != cache->fork_generation;
 }

@@ -53,8 +53,10 @@ void wx_count_syscall(struct code_cache *cache);
  * when other threads may already have run code at those addresses (ran_before: a reused span, a
  * patch), the other cores' instruction streams (arch_sync_cores). */
 void wx_publish(uintptr_t rx, size_t len, bool ran_before);
-/* The RW view of a dual-mapped cache is not inherited by fork(): true in a child. Costs a load. */
-bool wx_forked(const struct code_cache *cache);
+/* Bumped in every child of fork() (wx.c); a cache remembers the value it was created with. Hidden
+ * like every symbol of the library; read through wx_forked (internal.h), inlined into the hot
+ * paths (code_chunk_alloc). */
+extern unsigned wx_generation;
 unsigned wx_fork_generation(void);
 
 #endif

@@ -82,3 +82,41 @@ Test(harden, only_with_the_dual_backend)
     cr_assert_null(code_cache_create(&opts));
     cr_assert_eq(errno, EINVAL);
 }
+
+/* A hardened cache does not reuse freed granules early (the ready quarantine of code_cache_alloc):
+ * each reuse among sealed code would make a read-only page writable and the seal read-only again.
+ * With more than 1 MiB of freed pages waiting, still committed and trapped, the next chunk still
+ * comes from never-used space; the same without hardening takes the lowest freed granule. */
+Test(harden, freed_granules_wait_while_never_used_space_remains)
+{
+    enum { PAGES = 300 };
+    for (int hard = 0; hard < 2; hard++) {
+        struct code_cache_options opts = {.size = 4 * PAGES * PAGE,
+                                          .near = (const void *)helper_triple,
+                                          .flags = CODE_CACHE_DUAL_MAP |
+                                                   (hard ? CODE_CACHE_DUAL_HARDEN : 0)};
+        struct code_cache *cache = code_cache_create(&opts);
+        cr_assert_not_null(cache, "create: %s", strerror(errno));
+        static struct code_chunk *chunks[PAGES];
+        for (size_t i = 0; i < PAGES; i++) {
+            chunks[i] = code_cache_alloc(cache, PAGE);
+            cr_assert_not_null(chunks[i]);
+            emit_return(chunks[i], (int)i);
+            cr_assert_eq(code_chunk_seal(chunks[i]), 0);
+        }
+        struct code_cache_stats st;
+        for (size_t i = 0; i < PAGES; i++)
+            code_chunk_free(chunks[i]);
+        code_cache_get_stats(cache, &st);
+        cr_assert_geq(st.free_ready, (size_t)1 << 20, "%zu bytes ready", st.free_ready);
+        struct code_chunk *next = code_cache_alloc(cache, 64);
+        cr_assert_not_null(next);
+        uintptr_t at = (uintptr_t)code_chunk_span(next).rx;
+        if (hard)
+            cr_assert_eq(at, st.base + PAGES * PAGE, "hardened: never-used space first");
+        else
+            cr_assert_eq(at, st.base, "the lowest ready granule first");
+        check_maps(cache);
+        code_cache_destroy(cache);
+    }
+}
