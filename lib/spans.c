@@ -198,7 +198,18 @@ void spans_make_cold(struct spans *s, size_t first, size_t n, bool dirty)
 
 bool spans_any(const struct spans *s, enum spans_kind kind, size_t first, size_t n)
 {
-    return spans_next(s, kind, first, true) < first + n;
+    /* Only the words of the range: spans_next would run on to the next set bit, however far
+     * (bench/dual: that scan was 45% of the CPU at 100,000 live functions). */
+    const size_t end = first + n, limit = s->words * BITS < end ? s->words * BITS : end;
+    for (size_t i = first; i < limit; i = (i / BITS + 1) * BITS) {
+        uint64_t x = spans_word(s, kind, i / BITS) >> (i % BITS);
+        size_t take = BITS - i % BITS < limit - i ? BITS - i % BITS : limit - i;
+        if (take < BITS)
+            x &= ((uint64_t)1 << take) - 1;
+        if (x != 0)
+            return true;
+    }
+    return false;
 }
 
 size_t spans_largest_run(const struct spans *s)

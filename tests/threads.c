@@ -209,9 +209,10 @@ Test(threads, allocate_seal_run_and_free_concurrently_without_overlap)
     cr_assert_eq(st.in_use, 0);
     cr_assert_eq(st.committed, st.committed_ahead + st.free_ready);
     cr_assert_eq(st.chunks_allocated, (size_t)THREADS * sh.rounds);
-    /* Less than the smallest request (128 bytes) is left at the top: a page with mprotect,
-     * possibly one granule with dual. */
-    cr_assert_lt(st.never_used, 128,
+    /* Less than the largest request (3 pages) is left at the top: the bump pointer ran out, and
+     * freed spans were reused. (Not less than the smallest: with the dual backend a request
+     * larger than what is left takes a freed span, and the 2 granules left may stay.) */
+    cr_assert_lt(st.never_used, 3 * PAGE,
                  "the bump pointer ran out and freed spans were reused: %zu "
                  "bytes never used",
                  st.never_used);
