@@ -96,10 +96,12 @@ int main(void)
     printf("distance          %.1f MiB (rel32 reaches %zu MiB)\n", (double)distance / (1 << 20),
            st.reach >> 20);
     printf("via veneer        %s\n", target == (const void *)helper ? "no" : "yes");
-    printf("stats             committed %zu KiB, free %zu KiB, chunks %zu open / %zu sealed,\n"
-           "                  %zu allocated, %zu protection changes, %zu bytes of bookkeeping\n",
-           st.committed >> 10, st.free >> 10, st.open_chunks, st.sealed_chunks, st.chunks_allocated,
-           st.protection_changes, st.meta_bytes);
+    printf("stats             %zu KiB in use + %zu KiB committed ahead, free %zu KiB,\n"
+           "                  chunks %zu open / %zu sealed, %zu allocated,\n"
+           "                  %zu system calls (%zu mprotect), %zu bytes of bookkeeping\n",
+           st.in_use >> 10, st.committed_ahead >> 10, st.free >> 10, st.open_chunks,
+           st.sealed_chunks, st.chunks_allocated, st.system_calls, st.protection_changes,
+           st.meta_bytes);
 
     code_chunk_free(chunk);
     code_cache_destroy(cache);

@@ -1,31 +1,42 @@
 /*
- * Chunks: OPEN (rw-) -> SEALED (r-x) -> FREED (---). Inside an OPEN chunk, functions are bumped
- * up from the low end and veneers down from the high end, so the two never need to know each
- * other's sizes in advance; sealing fills the gap between them with traps and changes the
- * protection of the whole chunk once.
+ * Chunks: OPEN (written) -> SEALED (runs) -> FREED. Inside an OPEN chunk, functions are claimed
+ * from the low end (code_chunk_alloc, or code_chunk_reserve + code_chunk_commit) and veneers from
+ * the high end, so the two never need to know each other's sizes in advance; sealing fills every
+ * byte neither claimed with traps.
  *
- * Function allocation, sealing and veneers touch only the chunk, which belongs to one thread: no
- * lock is taken and, except for the seal itself, no system call is made. Freeing gives the span
- * back to the cache under the cache's lock.
+ * Claiming functions and veneers touches only the chunk, which belongs to one thread: no lock,
+ * no system call. The state changes with compare-and-swap, never with a plain store that could
+ * overwrite another thread's change: a seal goes OPEN -> SEALING -> SEALED without the cache's
+ * lock, and a free or a reset that meets a SEALING chunk waits for it to settle, so a seal racing
+ * a reset either completes before the reset releases the memory, or finds the chunk FREEING or
+ * FREED and fails with EPERM. Never a page made executable after it was released, never a record
+ * in two lists.
  *
- * A freed record is kept in a FIFO and reused oldest first, and only once more than
+ * Records. A freed record waits in a FIFO and is reused oldest first, only once more than
  * CHUNK_QUARANTINE records wait there. While it waits its state says FREED, which turns a double
  * free into a deterministic abort and a late seal or allocation into EPERM; once reused, a stale
- * handle is indistinguishable from the new chunk. The quarantine keeps a freed record away from
- * the next chunks, so a double free is caught even when allocations follow the free at once; it
- * costs 16 records (1 KiB) per cache.
+ * handle is indistinguishable from the new chunk. Records live in a table whose slabs never move
+ * (code_cache_find reads them without a lock): their memory is that of the most chunks ever
+ * alive at once, plus the quarantine, until the cache is destroyed.
+ *
+ * Veneers. code_chunk_call_target answers a target in reach without a lock; the veneer table is
+ * looked up and grown under the cache's lock, because a free or a reset in another thread frees
+ * it, and so that a veneer is never written into a chunk that is no longer OPEN.
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "debuginfo.h"
 #include "internal.h"
 
-/* 48 bytes is a jemalloc size class; anything from 49 to 64 bytes costs 64. With the bitmaps of
- * the free-span index and the veneer tables, the bookkeeping then stays under 64 bytes a chunk. */
-_Static_assert(sizeof(struct code_chunk) <= 48, "a chunk record fits jemalloc's 48-byte class");
+_Static_assert(sizeof(struct code_chunk) == 56, "a chunk record is 56 bytes (documented)");
 
-#define CHUNK_QUARANTINE 16
+#define CHUNK_QUARANTINE   64
+#define CHUNK_RECORDS_BASE 6 /* 64 records in the first slab */
 
 struct veneer {
     const void *target;
@@ -43,89 +54,116 @@ static size_t veneers_bytes(size_t cap)
     return sizeof(struct veneers) + cap * sizeof(struct veneer);
 }
 
-static size_t chunk_size(const struct code_chunk *chunk)
+/* ---- Records (the caller holds the cache's lock) ---- */
+
+/* A record that exists: every id below records_used, every link in the FIFO. */
+struct code_chunk *chunks_at(const struct code_cache *cache, size_t id)
 {
-    return (size_t)chunk->pages * os_page_size;
+    struct code_chunk *chunk = table_at(&cache->records, id);
+    if (chunk == NULL)
+        __builtin_unreachable();
+    return chunk;
 }
 
-static void list_unlink(struct code_chunk **head, struct code_chunk **tail,
-                        struct code_chunk *chunk)
+static struct code_chunk *chunks_by_link(const struct code_cache *cache, uint32_t link)
 {
-    if (chunk->prev != NULL)
-        chunk->prev->next = chunk->next;
-    else
-        *head = chunk->next;
-    if (chunk->next != NULL)
-        chunk->next->prev = chunk->prev;
-    else if (tail != NULL)
-        *tail = chunk->prev;
-    chunk->prev = chunk->next = NULL;
+    return link == 0 ? NULL : chunks_at(cache, link - 1);
 }
 
 struct code_chunk *chunks_record(struct code_cache *cache)
 {
-    if (cache->recycled_count > CHUNK_QUARANTINE)
-        return cache->recycled_head;
-    return meta_alloc(&cache->meta, sizeof(struct code_chunk));
-}
-
-void chunks_adopt(struct code_cache *cache, struct code_chunk *chunk)
-{
-    if (chunk->state == CHUNK_FREED) {
-        list_unlink(&cache->recycled_head, &cache->recycled_tail, chunk);
-        cache->recycled_count--;
+    if (cache->fifo_count > CHUNK_QUARANTINE) {
+        struct code_chunk *chunk = chunks_at(cache, cache->fifo_head - 1);
+        cache->fifo_head = chunk->fifo_next;
+        if (cache->fifo_head == 0)
+            cache->fifo_tail = 0;
+        cache->fifo_count--;
+        chunk->fifo_next = 0;
+        return chunk;
     }
-    chunk->prev = NULL;
-    chunk->next = cache->live;
-    if (cache->live != NULL)
-        cache->live->prev = chunk;
-    cache->live = chunk;
+    size_t id = cache->records_used;
+    if (id >= UINT32_MAX - 1 || table_grow(&cache->records, &cache->meta, id + 1) != 0) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    struct code_chunk *chunk = chunks_at(cache, id);
+    chunk->cache = cache;
+    chunk->id = (uint32_t)id;
+    cache->records_used = id + 1;
+    return chunk;
 }
 
 void chunks_unused(struct code_cache *cache, struct code_chunk *chunk)
 {
-    /* A recycled record was only looked at; a new one goes back to the arena. */
-    if (chunk->state != CHUNK_FREED)
-        meta_free(&cache->meta, chunk, sizeof *chunk);
+    /* Back to the head of the FIFO: it is (or, never used, may as well be) the oldest. */
+    chunk->fifo_next = cache->fifo_head;
+    cache->fifo_head = chunk->id + 1;
+    if (cache->fifo_tail == 0)
+        cache->fifo_tail = cache->fifo_head;
+    cache->fifo_count++;
 }
 
-/* Moves a live chunk to the tail of the recycled FIFO. The caller holds the cache's lock. */
-static void chunk_retire(struct code_cache *cache, struct code_chunk *chunk)
+static void chunks_drop_veneers(struct code_cache *cache, struct code_chunk *chunk)
 {
     struct veneers *v = chunk->veneers;
     if (v != NULL)
         meta_free(&cache->meta, v, veneers_bytes(v->cap));
     chunk->veneers = NULL;
-    chunk->state = CHUNK_FREED;
-    list_unlink(&cache->live, NULL, chunk);
-    chunk->prev = cache->recycled_tail;
-    if (cache->recycled_tail != NULL)
-        cache->recycled_tail->next = chunk;
-    else
-        cache->recycled_head = chunk;
-    cache->recycled_tail = chunk;
-    cache->recycled_count++;
 }
 
-void chunks_free_all(struct code_cache *cache)
+void chunks_open(struct code_cache *cache, struct code_chunk *chunk, size_t first, size_t granules)
 {
-    while (cache->live != NULL)
-        chunk_retire(cache, cache->live);
-    cache->open_chunks = 0;
-    cache->sealed_chunks = 0;
+    debuginfo_retire(cache, chunk);
+    __atomic_store_n(&chunk->extent, (uint64_t)first << 32 | granules, __ATOMIC_RELAXED);
+    chunk->used = 0;
+    chunk->veneer_floor = (uint32_t)(granules << cache->granule_shift);
+    chunk->reserve = 0;
+    chunk_store_state(chunk, CHUNK_OPEN);
+    /* Last: from here on code_cache_find sees a complete record. */
+    find_set(cache, first, granules, chunk->id);
+}
+
+void chunks_retire(struct code_cache *cache, struct code_chunk *chunk)
+{
+    chunks_drop_veneers(cache, chunk);
+    debuginfo_retire(cache, chunk);
+    chunk_store_state(chunk, CHUNK_FREED);
+    chunk->fifo_next = 0;
+    struct code_chunk *tail = chunks_by_link(cache, cache->fifo_tail);
+    if (tail != NULL)
+        tail->fifo_next = chunk->id + 1;
+    else
+        cache->fifo_head = chunk->id + 1;
+    cache->fifo_tail = chunk->id + 1;
+    cache->fifo_count++;
 }
 
 void chunks_release_all(struct code_cache *cache)
 {
-    chunks_free_all(cache);
-    struct code_chunk *chunk = cache->recycled_head;
-    while (chunk != NULL) {
-        struct code_chunk *next = chunk->next;
-        meta_free(&cache->meta, chunk, sizeof *chunk);
-        chunk = next;
+    for (size_t id = 0; id < cache->records_used; id++) {
+        chunks_drop_veneers(cache, chunks_at(cache, id));
+        debuginfo_retire(cache, chunks_at(cache, id));
     }
-    cache->recycled_head = cache->recycled_tail = NULL;
-    cache->recycled_count = 0;
+    table_release(&cache->records, &cache->meta);
+    cache->records_used = 0;
+    cache->fifo_head = cache->fifo_tail = 0;
+    cache->fifo_count = 0;
+}
+
+/* ---- The public calls ---- */
+
+static bool chunk_live(uint8_t state)
+{
+    return state == CHUNK_OPEN || state == CHUNK_SEALING || state == CHUNK_SEALED;
+}
+
+/* The chunk's span: where it is written and where it runs. */
+static struct code_span chunk_whole(const struct code_chunk *chunk)
+{
+    const struct code_cache *cache = chunk->cache;
+    size_t off = chunk_offset(chunk);
+    return (struct code_span){(void *)(cache->rw_base + off), (void *)(cache->base + off),
+                              chunk_size(chunk)};
 }
 
 struct code_span code_chunk_span(const struct code_chunk *chunk)
@@ -135,11 +173,37 @@ struct code_span code_chunk_span(const struct code_chunk *chunk)
         errno = EINVAL;
         return span;
     }
-    if (chunk->state == CHUNK_FREED)
+    if (!chunk_live(chunk_load_state(chunk)))
         return span;
-    span.rw = span.rx = (void *)chunk_base(chunk);
-    span.size = chunk_size(chunk);
-    return span;
+    return chunk_whole(chunk);
+}
+
+/* Traps into the unclaimed bytes [from, to) of an OPEN chunk, written through its RW view. */
+static void chunk_trap(const struct code_chunk *chunk, uint32_t from, uint32_t to)
+{
+    if (from >= to)
+        return;
+    struct code_span whole = chunk_whole(chunk);
+    arch_fill_trap((char *)whole.rw + from, (uintptr_t)whole.rx + from, to - from);
+}
+
+/* Common checks of the calls that claim bytes: 0, or -1 + errno. */
+static int chunk_check_open(const struct code_chunk *chunk)
+{
+    if (chunk_load_state(chunk) != CHUNK_OPEN || cache_frozen_by_fork(chunk->cache)) {
+        errno = EPERM;
+        return -1;
+    }
+    if (chunk->reserve != 0) {
+        errno = EBUSY;
+        return -1;
+    }
+    return 0;
+}
+
+static bool chunk_bad_align(size_t align)
+{
+    return (align & (align - 1)) != 0 || align > os_page_size;
 }
 
 struct code_span code_chunk_alloc(struct code_chunk *chunk, size_t size, size_t align)
@@ -147,24 +211,78 @@ struct code_span code_chunk_alloc(struct code_chunk *chunk, size_t size, size_t 
     struct code_span span = {NULL, NULL, 0};
     if (align == 0)
         align = 1;
-    if (chunk == NULL || size == 0 || (align & (align - 1)) != 0 || align > os_page_size) {
+    if (chunk == NULL || size == 0 || chunk_bad_align(align)) {
         errno = EINVAL;
         return span;
     }
-    if (chunk->state != CHUNK_OPEN) {
-        errno = EPERM;
+    if (chunk_check_open(chunk) != 0)
         return span;
-    }
     /* used and veneer_floor are at most the chunk's size, below 4 GiB: no overflow in size_t. */
     size_t offset = align_up(chunk->used, align);
     if (offset > chunk->veneer_floor || size > chunk->veneer_floor - offset) {
         errno = ENOSPC;
         return span;
     }
+    /* The alignment padding is claimed by nobody: a trap, now, like every unclaimed byte. */
+    chunk_trap(chunk, chunk->used, (uint32_t)offset);
     chunk->used = (uint32_t)(offset + size);
-    span.rw = span.rx = (void *)(chunk_base(chunk) + offset);
-    span.size = size;
-    return span;
+    struct code_span whole = chunk_whole(chunk);
+    return (struct code_span){(char *)whole.rw + offset, (char *)whole.rx + offset, size};
+}
+
+struct code_span code_chunk_reserve(struct code_chunk *chunk, size_t align)
+{
+    struct code_span span = {NULL, NULL, 0};
+    if (align == 0)
+        align = 1;
+    if (chunk == NULL || chunk_bad_align(align)) {
+        errno = EINVAL;
+        return span;
+    }
+    if (chunk_load_state(chunk) != CHUNK_OPEN || cache_frozen_by_fork(chunk->cache)) {
+        errno = EPERM;
+        return span;
+    }
+    size_t offset = align_up(chunk->used, align);
+    if (offset >= chunk->veneer_floor) {
+        errno = ENOSPC;
+        return span;
+    }
+    chunk->reserve = (uint32_t)offset + 1;
+    chunk->reserve_veneers = 0;
+    struct code_span whole = chunk_whole(chunk);
+    return (struct code_span){(char *)whole.rw + offset, (char *)whole.rx + offset,
+                              chunk->veneer_floor - offset};
+}
+
+int code_chunk_commit(struct code_chunk *chunk, size_t used)
+{
+    if (chunk == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (chunk_load_state(chunk) != CHUNK_OPEN || chunk->reserve == 0 ||
+        cache_frozen_by_fork(chunk->cache)) {
+        errno = EPERM;
+        return -1;
+    }
+    uint32_t offset = chunk->reserve - 1;
+    size_t reserved =
+        chunk->veneer_floor - offset + (size_t)chunk->reserve_veneers * arch_veneer_size;
+    if (used > reserved) {
+        errno = EINVAL;
+        return -1;
+    }
+    /* Veneers placed during the reservation took its top: code reaching into them overwrote
+     * them. */
+    if (used > chunk->veneer_floor - offset) {
+        errno = ENOSPC;
+        return -1;
+    }
+    chunk_trap(chunk, chunk->used, offset);
+    chunk->used = offset + (uint32_t)used;
+    chunk->reserve = 0;
+    return 0;
 }
 
 int code_chunk_seal(struct code_chunk *chunk)
@@ -173,25 +291,84 @@ int code_chunk_seal(struct code_chunk *chunk)
         errno = EINVAL;
         return -1;
     }
-    if (chunk->state != CHUNK_OPEN) {
-        errno = chunk->state == CHUNK_SEALED ? EBUSY : EPERM;
+    struct code_cache *cache = chunk->cache;
+    if (cache_frozen_by_fork(cache)) {
+        errno = EPERM;
+        return -1;
+    }
+    uint8_t state = CHUNK_OPEN;
+    if (!__atomic_compare_exchange_n(&chunk->state, &state, CHUNK_SEALING, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        errno = state == CHUNK_SEALED || state == CHUNK_SEALING ? EBUSY : EPERM;
+        return -1;
+    }
+    if (chunk->reserve != 0) {
+        chunk_store_state(chunk, CHUNK_OPEN);
+        errno = EBUSY;
         return -1;
     }
     /* A jump into space no function was written to traps at once instead of sliding into
      * whatever comes next. If sealing fails the traps are simply overwritten by later code. */
-    uintptr_t base = chunk_base(chunk);
-    arch_fill_trap((void *)(base + chunk->used), chunk->veneer_floor - chunk->used);
-    struct code_cache *cache = chunk->cache;
-    if (wx_seal(cache, base, chunk_size(chunk)) != 0) {
-        debug_log("seal: mprotect(PROT_READ|PROT_EXEC) of %#lx failed: the chunk stays OPEN",
-                  (unsigned long)base);
+    chunk_trap(chunk, chunk->used, chunk->veneer_floor);
+    struct code_span whole = chunk_whole(chunk);
+    if (cache->wx->seal(cache, chunk_offset(chunk), whole.size) != 0) {
+        debug_log("seal: making %p executable failed (errno %d): the chunk stays OPEN", whole.rx,
+                  errno);
+        chunk_store_state(chunk, CHUNK_OPEN);
         return -1;
     }
-    pthread_mutex_lock(&cache->lock);
-    chunk->state = CHUNK_SEALED;
-    cache->open_chunks--;
-    cache->sealed_chunks++;
-    pthread_mutex_unlock(&cache->lock);
+    wx_publish((uintptr_t)whole.rx, whole.size, chunk->reused);
+    debuginfo_seal(chunk);
+    chunk_store_state(chunk, CHUNK_SEALED);
+    __atomic_fetch_sub(&cache->open_chunks, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&cache->sealed_chunks, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+int code_chunk_patch(struct code_chunk *chunk, void *rx, const void *bytes, size_t len)
+{
+    if (chunk == NULL || bytes == NULL || len == 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct code_cache *cache = chunk->cache;
+    if (!cache->wx->can_patch) {
+        errno = ENOTSUP;
+        return -1;
+    }
+    if (cache_frozen_by_fork(cache) || chunk_load_state(chunk) != CHUNK_SEALED) {
+        errno = EPERM;
+        return -1;
+    }
+    struct code_span whole = chunk_whole(chunk);
+    uintptr_t at = (uintptr_t)rx, lo = (uintptr_t)whole.rx;
+    if (at < lo || at - lo > whole.size || len > whole.size - (at - lo)) {
+        errno = EINVAL;
+        return -1;
+    }
+    unsigned char *rw = (unsigned char *)whole.rw + (at - lo);
+    const size_t off = chunk_offset(chunk) + (at - lo);
+    if (cache->wx->patch_begin != NULL && cache->wx->patch_begin(cache, off, len) != 0)
+        return -1;
+    uintptr_t word = align_down(at, 8);
+    if (at + len <= word + 8) {
+        /* Inside one aligned 8-byte word: one atomic store of the merged word, so a thread
+         * running this code sees the old bytes or the new ones, never a mix. The merge is a
+         * compare-and-swap loop, so two threads patching different bytes of one word both
+         * win. */
+        uint64_t *rw_word = (uint64_t *)(void *)(rw - (at - word));
+        uint64_t old = __atomic_load_n(rw_word, __ATOMIC_RELAXED), merged;
+        do {
+            merged = old;
+            memcpy((unsigned char *)&merged + (at - word), bytes, len);
+        } while (!__atomic_compare_exchange_n(rw_word, &old, merged, true, __ATOMIC_RELEASE,
+                                              __ATOMIC_RELAXED));
+    } else {
+        memcpy(rw, bytes, len);
+    }
+    if (cache->wx->patch_end != NULL)
+        cache->wx->patch_end(cache, off, len);
+    wx_publish(at, len, true);
     return 0;
 }
 
@@ -200,44 +377,55 @@ void code_chunk_free(struct code_chunk *chunk)
     if (chunk == NULL)
         return;
     struct code_cache *cache = chunk->cache;
-    pthread_mutex_lock(&cache->lock);
-    if (chunk->state == CHUNK_FREED) {
-        /* Carrying on would hand the same span out twice; stop while the mistake is visible. */
-        fprintf(stderr,
-                "libcodecache: code_chunk_free(%p): chunk already freed (twice, or after "
-                "code_cache_reset); aborting\n",
-                (void *)chunk);
-        abort();
+    cache_lock(cache);
+    uint8_t state = chunk_load_state(chunk);
+    for (;;) {
+        if (state == CHUNK_SEALING) {
+            /* Another thread is sealing it (the chunk is being misused by two threads): let the
+             * seal settle, without holding the lock it does not need. */
+            cache_unlock(cache);
+            sched_yield();
+            cache_lock(cache);
+            state = chunk_load_state(chunk);
+            continue;
+        }
+        if (state != CHUNK_OPEN && state != CHUNK_SEALED) {
+            /* Carrying on would hand the same span out twice; stop while the mistake is
+             * visible. */
+            fprintf(stderr,
+                    "libcodecache: code_chunk_free(%p): chunk already freed (twice, or after "
+                    "code_cache_reset); aborting\n",
+                    (void *)chunk);
+            abort();
+        }
+        /* Clear its lookup words while the chunk is still live: a code_cache_find that sees
+         * its id has found a chunk that was OPEN or SEALED at that instant, never one that
+         * code_chunk_span already calls gone. Idempotent if the exchange must be retried. */
+        uint64_t extent = chunk_load_extent(chunk);
+        find_clear(cache, chunk_first(extent), chunk_granules(extent));
+        if (__atomic_compare_exchange_n(&chunk->state, &state, CHUNK_FREEING, false,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            break;
     }
-    uintptr_t base = chunk_base(chunk);
-    bool released;
-    if (wx_decommit(cache, base, chunk_size(chunk), &released) != 0) {
-        /* Still accessible: handing it out again would expose its old content. Only a reset,
-         * which retries, brings it back. */
-        debug_log("free: mprotect(PROT_NONE) of %#lx failed: %u pages retired until reset",
-                  (unsigned long)base, (unsigned)chunk->pages);
-        cache->retired_pages += chunk->pages;
-    } else {
-        spans_put(&cache->spans, chunk->first, chunk->pages, !released);
-        cache->free_pages += chunk->pages;
-    }
-    if (chunk->state == CHUNK_OPEN)
-        cache->open_chunks--;
-    else
-        cache->sealed_chunks--;
-    chunk_retire(cache, chunk);
-    pthread_mutex_unlock(&cache->lock);
+    __atomic_fetch_sub(state == CHUNK_OPEN ? &cache->open_chunks : &cache->sealed_chunks, 1,
+                       __ATOMIC_RELAXED);
+    cache->in_flight++;
+    cache_unlock(cache);
+    cache_reclaim(cache, chunk, state == CHUNK_SEALED);
 }
 
 /* The veneer of this chunk that jumps to target, or NULL. */
-static const void *veneer_find(const struct code_chunk *chunk, const void *target)
+static const void *veneer_find(const struct code_chunk *chunk, uintptr_t base, const void *target)
 {
     const struct veneers *v = chunk->veneers;
     for (size_t i = 0; v != NULL && i < v->count; i++)
         if (v->entry[i].target == target)
-            return (const void *)(chunk_base(chunk) + v->entry[i].offset);
+            return (const void *)(base + v->entry[i].offset);
     return NULL;
 }
+
+static const void *chunk_veneer(struct code_chunk *chunk, uintptr_t lo, uintptr_t hi, void *rw,
+                                const void *target);
 
 const void *code_chunk_call_target(struct code_chunk *chunk, const void *target)
 {
@@ -245,13 +433,31 @@ const void *code_chunk_call_target(struct code_chunk *chunk, const void *target)
         errno = EINVAL;
         return NULL;
     }
-    uintptr_t t = (uintptr_t)target, base = chunk_base(chunk);
-    if (reach_covers(base, base + chunk_size(chunk), t, t + 1, chunk->cache->reach))
+    struct code_cache *cache = chunk->cache;
+    struct code_span whole = chunk_whole(chunk);
+    uintptr_t t = (uintptr_t)target, lo = (uintptr_t)whole.rx, hi = lo + whole.size;
+    if (reach_covers(lo, hi, t, t + 1, cache->reach))
         return target;
-    const void *found = veneer_find(chunk, target);
+    cache_lock(cache);
+    const void *veneer = chunk_veneer(chunk, lo, hi, whole.rw, target);
+    cache_unlock(cache);
+    return veneer;
+}
+
+/* The veneer to target in the chunk [lo, hi) written at rw, made if needed. Under the lock. */
+static const void *chunk_veneer(struct code_chunk *chunk, uintptr_t lo, uintptr_t hi, void *rw,
+                                const void *target)
+{
+    struct code_cache *cache = chunk->cache;
+    uint8_t state = chunk_load_state(chunk);
+    if (!chunk_live(state)) {
+        errno = EPERM;
+        return NULL;
+    }
+    const void *found = veneer_find(chunk, lo, target);
     if (found != NULL)
         return found;
-    if (chunk->state != CHUNK_OPEN) {
+    if (state != CHUNK_OPEN || cache_frozen_by_fork(cache)) {
         errno = EPERM;
         return NULL;
     }
@@ -259,24 +465,33 @@ const void *code_chunk_call_target(struct code_chunk *chunk, const void *target)
         errno = ENOSPC;
         return NULL;
     }
+    /* The veneer must be reachable from every byte of the chunk, like the target would have to
+     * be: a chunk larger than the reach has no such place at its top. */
+    uint32_t floor = chunk->veneer_floor - (uint32_t)arch_veneer_size;
+    if (!reach_covers(lo, hi, lo + floor, lo + floor + 1, cache->reach)) {
+        debug_log("call_target: a veneer at %#lx is out of reach of the chunk [%#lx, %#lx): ERANGE",
+                  (unsigned long)(lo + floor), (unsigned long)lo, (unsigned long)hi);
+        errno = ERANGE;
+        return NULL;
+    }
     /* Room in the table first: once the veneer is written nothing can fail. */
     struct veneers *v = chunk->veneers;
     if (v == NULL || v->count == v->cap) {
         size_t cap = v == NULL ? 4 : v->cap * 2;
-        struct meta *meta = &chunk->cache->meta;
-        v = meta_grow(meta, v, v == NULL ? 0 : veneers_bytes(v->cap), veneers_bytes(cap));
+        v = meta_grow(&cache->meta, v, v == NULL ? 0 : veneers_bytes(v->cap), veneers_bytes(cap));
         if (v == NULL)
             return NULL;
         v->cap = cap;
         chunk->veneers = v;
     }
-    /* veneer_floor starts at the chunk's size, a page multiple, and moves by whole veneers, so
-     * every veneer keeps the alignment of arch_veneer_size. */
-    chunk->veneer_floor -= (uint32_t)arch_veneer_size;
-    uintptr_t at = base + chunk->veneer_floor;
-    arch_write_veneer((void *)at, (const void *)at, target);
+    /* veneer_floor starts at the chunk's size, a granule multiple, and moves by whole veneers,
+     * so every veneer keeps the alignment of arch_veneer_size. */
+    chunk->veneer_floor = floor;
+    if (chunk->reserve != 0 && chunk->reserve_veneers < UINT16_MAX)
+        chunk->reserve_veneers++;
+    arch_write_veneer((char *)rw + floor, (const void *)(lo + floor), target);
     v->entry[v->count].target = target;
-    v->entry[v->count].offset = chunk->veneer_floor;
+    v->entry[v->count].offset = floor;
     v->count++;
-    return (const void *)at;
+    return (const void *)(lo + floor);
 }

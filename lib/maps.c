@@ -21,7 +21,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "arch.h"
+#include "maps.h"
+#include "meta.h"
 
 /* Many pages of lines per refill; a line is at most ~4.2 KiB (a PATH_MAX path), so it fits. */
 #define MAPS_BUFFER ((size_t)64 << 10)

@@ -15,11 +15,15 @@
  */
 #include <errno.h>
 #include <jemalloc/jemalloc.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <valgrind/valgrind.h>
 
-#include "internal.h"
+#include "debug.h"
+#include "meta.h"
 
 /* MALLOCX_ARENA encodes indexes below 4095, so no process can have more arenas than this: the
  * pool array never overflows and needs no allocation of its own. */
@@ -96,6 +100,25 @@ void *meta_alloc(struct meta *m, size_t size)
 }
 
 /*
+ * jemalloc zeroes with MALLOCX_ZERO only what it does not know to be zero (fresh pages from the
+ * system are), so a large table's untouched pages cost no memory: with 100,000 live functions the
+ * record and granule tables, allocated in doubling slabs, would otherwise hold up to twice the
+ * memory they use. Under valgrind the memset of meta_alloc is kept (see there).
+ */
+void *meta_alloc_lazy(struct meta *m, size_t size)
+{
+    if (RUNNING_ON_VALGRIND)
+        return meta_alloc(m, size);
+    void *p = mallocx(size, meta_flags(m) | MALLOCX_ZERO);
+    if (p == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    __atomic_fetch_add(&m->bytes, sallocx(p, 0), __ATOMIC_RELAXED);
+    return p;
+}
+
+/*
  * Grows in place when jemalloc can (xallocx), else allocates, copies and frees. rallocx is not
  * used: its copy writes into memory that memcheck knows as freed (see meta_alloc). The bytes
  * between old_size and new_size are zeroed, like meta_alloc's.
@@ -132,14 +155,19 @@ void meta_free(struct meta *m, void *p, size_t size)
     VALGRIND_FREELIKE_BLOCK(p, 0);
 }
 
-size_t meta_arena_allocated(const struct meta *m)
+/* jemalloc's statistics are a snapshot refreshed by writing the epoch. */
+static bool meta_refresh_stats(void)
 {
-    /* jemalloc's statistics are a snapshot refreshed by writing the epoch. */
     uint64_t epoch = 1;
     size_t len = sizeof epoch;
-    if (mallctl("epoch", &epoch, &len, &epoch, len) != 0)
+    return mallctl("epoch", &epoch, &len, &epoch, len) == 0;
+}
+
+size_t meta_arena_allocated(const struct meta *m)
+{
+    if (!meta_refresh_stats())
         return 0;
-    size_t total = 0;
+    size_t len, total = 0;
     static const char *const kinds[] = {"small", "large"};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         char name[64];
@@ -150,4 +178,14 @@ size_t meta_arena_allocated(const struct meta *m)
             total += value;
     }
     return total;
+}
+
+size_t meta_arena_resident(const struct meta *m)
+{
+    if (!meta_refresh_stats())
+        return 0;
+    char name[64];
+    size_t value = 0, len = sizeof value;
+    snprintf(name, sizeof name, "stats.arenas.%u.resident", m->arena);
+    return mallctl(name, &value, &len, NULL, 0) == 0 ? value : 0;
 }

@@ -24,15 +24,19 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "arch.h"
+#include "debug.h"
+#include "maps.h"
+#include "os.h"
+#include "place.h"
 
 /* Random probes before reading the map. Each costs one mmap (~2 us); four fail together only in
  * a window that is mostly full, which the scan handles better. */
@@ -164,23 +168,6 @@ static void place_init(void)
     place_nearest_mode = v != NULL && *v != '\0' && strcmp(v, "0") != 0;
 }
 
-bool reach_covers(uintptr_t lo, uintptr_t hi, uintptr_t tlo, uintptr_t thi, size_t reach)
-{
-    /* An empty range reaches nothing. This also makes a caller's t + 1 that wrapped to 0 fail
-     * instead of passing vacuously. */
-    if (hi <= lo || thi <= tlo)
-        return false;
-    /* The largest displacement is from the first byte to the last target: (thi - 1) - lo must
-     * be at most reach - 1. Only computed when it is positive, so nothing wraps. */
-    if (thi > lo && thi - lo > reach)
-        return false;
-    /* The most negative is from the last byte to the first target: tlo - (hi - 1) must be at
-     * least -reach. */
-    if (hi - 1 > tlo && hi - 1 - tlo > reach)
-        return false;
-    return true;
-}
-
 /* ---- The state of one placement ---- */
 
 struct place {
@@ -190,6 +177,7 @@ struct place {
     uint64_t rng;      /* splitmix64 state */
     bool nearest;      /* CODE_CACHE_NO_RANDOM */
     unsigned attempts; /* mmap calls made */
+    unsigned refused;  /* of them, refused with ENOMEM on a spot the map showed free */
     const char *how;   /* the phase that is running, for CODE_CACHE_DEBUG */
     struct place_range excluded[PLACE_MAX_EXCLUDED];
     unsigned nexcluded;
@@ -208,7 +196,7 @@ struct place {
  * getrandom is not available; in nearest mode from a constant, so that even the fallback without
  * /proc is reproducible.
  */
-static uint64_t place_random(struct place *pl)
+static uint64_t place_next(struct place *pl)
 {
     uint64_t z = (pl->rng += 0x9e3779b97f4a7c15u);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
@@ -222,42 +210,42 @@ static void place_seed(struct place *pl)
         pl->rng = 0x636f646563616368u;
         return;
     }
-    if (getrandom(&pl->rng, sizeof pl->rng, GRND_NONBLOCK) == (ssize_t)sizeof pl->rng)
-        return;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    pl->rng = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)(uintptr_t)&ts;
+    pl->rng = os_random();
 }
 
 /* A uniformly chosen base in [lo, last], both page aligned. */
 static uintptr_t place_random_base(struct place *pl, uintptr_t lo, uintptr_t last)
 {
     uint64_t bases = (last - lo) / os_page_size + 1;
-    return lo + (uintptr_t)(place_random(pl) % bases) * os_page_size;
+    return lo + (uintptr_t)(place_next(pl) % bases) * os_page_size;
 }
 
 /*
- * The window of a region of req->size bytes. A byte x reaches target t when
- * -reach <= t - x <= reach - 1, so the region's first byte must be at least thi - reach and its
- * end at most tlo + reach + 1: room for 2 * reach + 1 - (thi - tlo) bytes. Each bound is computed
- * only when it cannot wrap, and clipped to what mmap can give: [place_floor, arch_user_top).
- * EINVAL when the size does not fit even in the unclipped window, ERANGE when it is the
- * clipping (or page alignment) that leaves too little.
+ * The window of a region of req->size bytes, by the reach rule of arch.h. The region's origins
+ * run from base + arch_origin_first to base + size - arch_origin_last, and each must satisfy
+ * -reach <= t - o <= reach - 1 for every target byte t in [tlo, thi):
+ *     from the first origin to the last target:  base >= thi - reach - arch_origin_first
+ *     from the last origin to the first target:  base + size <= tlo + reach + arch_origin_last
+ * so the region lies in [thi - reach - first, tlo + reach + last): room for
+ * 2 * reach + first + last - (thi - tlo) bytes. Each bound is computed only when it cannot wrap,
+ * and clipped to what mmap can give: [place_floor, arch_user_top). EINVAL when the size does not
+ * fit even in the unclipped window, ERANGE when it is the clipping (or page alignment) that
+ * leaves too little.
  */
 static int place_window(struct place *pl)
 {
     const struct place_request *req = pl->req;
     const uintptr_t tlo = req->target_lo, thi = req->target_hi;
     const size_t reach = req->reach, size = req->size;
+    const size_t below = reach + arch_origin_first, above = reach + arch_origin_last;
 
-    if (thi < tlo || reach == 0 || reach > SIZE_MAX / 4 || thi - tlo > 2 * reach + 1 ||
-        size > 2 * reach + 1 - (thi - tlo)) {
+    if (thi < tlo || reach == 0 || reach > SIZE_MAX / 4 || thi - tlo > below + above ||
+        size > below + above - (thi - tlo)) {
         errno = EINVAL;
         return -1;
     }
-    uintptr_t lo = thi > place_floor + reach ? thi - reach : place_floor;
-    uintptr_t hi =
-        tlo < arch_user_top && arch_user_top - tlo > reach + 1 ? tlo + reach + 1 : arch_user_top;
+    uintptr_t lo = thi > place_floor + below ? thi - below : place_floor;
+    uintptr_t hi = tlo < arch_user_top && arch_user_top - tlo > above ? tlo + above : arch_user_top;
     lo = align_up(lo, os_page_size);
     hi = align_down(hi, os_page_size);
     if (lo >= hi || hi - lo < size) {
@@ -314,7 +302,10 @@ static enum place_outcome place_claim(struct place *pl, uintptr_t base, void **o
          * security module, EAGAIN...) will not get better elsewhere. */
         if (errno == EEXIST)
             return PLACE_TAKEN;
-        return errno == ENOMEM ? PLACE_REFUSED : PLACE_FAILED;
+        if (errno != ENOMEM)
+            return PLACE_FAILED;
+        pl->refused++;
+        return PLACE_REFUSED;
     }
 
     /* A mapping somewhere else. With NOREPLACE honoured that cannot happen, so the flag was
@@ -381,7 +372,7 @@ static void place_consider(struct place *pl, uintptr_t lo, uintptr_t hi)
      * likely after one pass, without storing the gaps. */
     uint64_t bases = (last - lo) / os_page_size + 1;
     pl->choices += bases;
-    if (place_random(pl) % pl->choices < bases) {
+    if (place_next(pl) % pl->choices < bases) {
         pl->pick = place_random_base(pl, lo, last);
         pl->found = true;
     }
@@ -563,8 +554,49 @@ void *place_reserve(const struct place_request *req, struct meta *meta)
         return region;
     }
     int saved = errno;
+    /* ENOMEM from mmap on a spot the map shows free is the kernel refusing memory, not a lack of
+     * gaps: the address-space limit (ulimit -v), the map count limit, or overcommit. */
     debug_log("place: failed after %u attempt(s) (%s): errno %d%s", pl.attempts, pl.how, saved,
-              saved == ENOMEM ? ", no free gap within reach" : "");
+              saved != ENOMEM  ? ""
+              : pl.refused > 0 ? ", the kernel refused free gaps with ENOMEM (address-space "
+                                 "limit RLIMIT_AS / ulimit -v, vm.max_map_count, or memory)"
+                               : ", no free gap within reach");
     errno = saved;
+    return NULL;
+}
+
+/*
+ * The RW view of a dual-mapped cache: anywhere but near the code. Its address is what an attacker
+ * with a write primitive needs, so it is not derived from the code's (ASLR places consecutive
+ * mmaps next to each other): a random hint in the middle of the address space, away from the
+ * stack's room, checked to be at least a page away from the code's reservation. A hint is only
+ * a hint, so the result is verified; a few tries, then the kernel's own choice if that is not
+ * adjacent either.
+ */
+void *place_random(size_t size, uintptr_t avoid_lo, uintptr_t avoid_hi)
+{
+    os_init();
+    pthread_once(&place_once, place_init);
+    const uintptr_t page = os_page_size, span_lo = (uintptr_t)1 << 40;
+    const uintptr_t span_hi =
+        arch_user_top > 2 * span_lo + size ? arch_user_top - span_lo - size : span_lo;
+    uint64_t rng = os_random();
+    for (int attempt = 0; attempt < 8; attempt++) {
+        void *hint = NULL;
+        if (attempt < 7 && span_hi > span_lo) {
+            rng = rng * 6364136223846793005u + 1442695040888963407u; /* LCG: a hash, wraps */
+            hint = (void *)align_down(span_lo + (uintptr_t)(rng >> 16) % (span_hi - span_lo), page);
+        }
+        void *p = os_reserve(hint, size, false);
+        if (p == NULL)
+            return NULL;
+        uintptr_t lo = (uintptr_t)p, hi = lo + size;
+        bool near_code = lo < avoid_hi + page && hi + page > avoid_lo;
+        bool in_stack = lo < place_stack_room.hi && hi > place_stack_room.lo;
+        if (!near_code && !in_stack)
+            return p;
+        os_release(p, size);
+    }
+    errno = ENOMEM;
     return NULL;
 }

@@ -1,46 +1,43 @@
 /*
- * The free-span index: one bit per page below the bump pointer, set while the page is free. A
- * bitmap makes coalescing implicit: two freed neighbours are one run of set bits, with no merge
- * step that could fail. Allocation is address-ordered first fit, the lowest run of free pages that
- * is long enough, which keeps the used part of the cache dense at its low end.
+ * The free-span index (see spans.h). A bitmap makes coalescing implicit: two freed neighbours are
+ * one run of set bits, with no merge step that could fail. Allocation is address-ordered first
+ * fit, the lowest run of free granules that is long enough, which keeps the used part of the
+ * cache dense at its low end.
  *
- * A second bitmap marks free pages whose memory could not be discarded (madvise failed). They may
- * still hold sealed code, so they are discarded again before they are handed out: a page that
- * held code is never made writable with its old content.
- *
- * The bitmaps cover only the pages the bump pointer has passed and grow with it, so a large,
+ * The bitmaps cover only the granules the bump pointer has passed and grow with it, so a large,
  * mostly unused reservation costs almost nothing here.
  *
- * The index also counts its holes, the maximal runs of free pages, because each one costs the
- * process mappings (CACHE_QUARANTINE_HOLES): code_cache_alloc reuses them ahead of never-used
- * space once there are too many. The count is kept as pages change state, by looking at the two
- * neighbours of the run that changes, never by walking the bitmap.
+ * The index also counts its holes, the maximal runs of free granules, because each one may cost
+ * the process mappings (CACHE_QUARANTINE_HOLES): code_cache_alloc reuses them ahead of never-used
+ * space once there are too many. The count is kept as granules change state, by looking at the
+ * two neighbours of the run that changes, never by walking the bitmap.
  */
 #include <errno.h>
 #include <string.h>
 
-#include "internal.h"
+#include "meta.h"
+#include "spans.h"
 
 #define BITS 64
 
-int spans_init(struct spans *s, struct meta *m, size_t npages)
+void spans_init(struct spans *s, size_t granules)
 {
-    (void)m;
     memset(s, 0, sizeof *s);
-    s->max_words = (npages + BITS - 1) / BITS;
-    return 0;
+    s->max_words = (granules + BITS - 1) / BITS;
 }
 
 void spans_release(struct spans *s, struct meta *m)
 {
-    meta_free(m, s->free_bits, s->words * sizeof(uint64_t));
-    meta_free(m, s->dirty_bits, s->words * sizeof(uint64_t));
+    size_t bytes = s->words * sizeof(uint64_t);
+    meta_free(m, s->free_bits, bytes);
+    meta_free(m, s->cold_bits, bytes);
+    meta_free(m, s->dirty_bits, bytes);
     memset(s, 0, sizeof *s);
 }
 
-int spans_reserve(struct spans *s, struct meta *m, size_t npages)
+int spans_reserve(struct spans *s, struct meta *m, size_t n)
 {
-    size_t need = (npages + BITS - 1) / BITS;
+    size_t need = (n + BITS - 1) / BITS;
     if (need <= s->words)
         return 0;
     /* Doubling keeps the number of regrowths logarithmic in the size of the cache. */
@@ -48,38 +45,54 @@ int spans_reserve(struct spans *s, struct meta *m, size_t npages)
     if (words > s->max_words)
         words = s->max_words;
     size_t old_bytes = s->words * sizeof(uint64_t), bytes = words * sizeof(uint64_t);
-    uint64_t *free_bits = meta_alloc(m, bytes);
-    uint64_t *dirty_bits = meta_alloc(m, bytes);
-    if (free_bits == NULL || dirty_bits == NULL) {
-        meta_free(m, free_bits, bytes);
-        meta_free(m, dirty_bits, bytes);
-        errno = ENOMEM;
-        return -1;
+    uint64_t *bits[3];
+    for (int i = 0; i < 3; i++) {
+        bits[i] = meta_alloc(m, bytes);
+        if (bits[i] == NULL) {
+            while (i-- > 0)
+                meta_free(m, bits[i], bytes);
+            errno = ENOMEM;
+            return -1;
+        }
     }
-    if (old_bytes > 0) {
-        memcpy(free_bits, s->free_bits, old_bytes);
-        memcpy(dirty_bits, s->dirty_bits, old_bytes);
+    uint64_t **old[3] = {&s->free_bits, &s->cold_bits, &s->dirty_bits};
+    for (int i = 0; i < 3; i++) {
+        if (old_bytes > 0)
+            memcpy(bits[i], *old[i], old_bytes);
+        meta_free(m, *old[i], old_bytes);
+        *old[i] = bits[i];
     }
-    meta_free(m, s->free_bits, old_bytes);
-    meta_free(m, s->dirty_bits, old_bytes);
-    s->free_bits = free_bits;
-    s->dirty_bits = dirty_bits;
     s->words = words;
     return 0;
 }
 
+static uint64_t spans_word(const struct spans *s, enum spans_kind kind, size_t w)
+{
+    switch (kind) {
+    case SPANS_FREE:
+        return s->free_bits[w];
+    case SPANS_COLD:
+        return s->cold_bits[w];
+    case SPANS_DIRTY:
+        return s->dirty_bits[w];
+    case SPANS_READY:
+        return s->free_bits[w] & ~s->cold_bits[w];
+    }
+    return 0;
+}
+
 /* The first index >= from whose bit equals set, or s->words * BITS when there is none. */
-static size_t spans_next(const uint64_t *bits, size_t words, size_t from, bool set)
+static size_t spans_next(const struct spans *s, enum spans_kind kind, size_t from, bool set)
 {
     size_t w = from / BITS;
-    if (w >= words)
-        return words * BITS;
-    uint64_t x = set ? bits[w] : ~bits[w];
+    if (w >= s->words)
+        return s->words * BITS;
+    uint64_t x = set ? spans_word(s, kind, w) : ~spans_word(s, kind, w);
     x &= ~(uint64_t)0 << (from % BITS);
     while (x == 0) {
-        if (++w == words)
-            return words * BITS;
-        x = set ? bits[w] : ~bits[w];
+        if (++w == s->words)
+            return s->words * BITS;
+        x = set ? spans_word(s, kind, w) : ~spans_word(s, kind, w);
     }
     return w * BITS + (size_t)__builtin_ctzll(x);
 }
@@ -87,16 +100,28 @@ static size_t spans_next(const uint64_t *bits, size_t words, size_t from, bool s
 size_t spans_find(struct spans *s, size_t n)
 {
     size_t limit = s->words * BITS;
-    size_t i = spans_next(s->free_bits, s->words, s->hint * BITS, true);
+    size_t i = spans_next(s, SPANS_FREE, s->hint * BITS, true);
     /* Nothing is free below the first set bit, whatever the outcome of the search. */
     s->hint = i / BITS;
     while (i < limit) {
-        size_t end = spans_next(s->free_bits, s->words, i, false);
+        size_t end = spans_next(s, SPANS_FREE, i, false);
         if (end - i >= n)
             return i;
-        i = spans_next(s->free_bits, s->words, end, true);
+        i = spans_next(s, SPANS_FREE, end, true);
     }
     return SIZE_MAX;
+}
+
+bool spans_next_run(const struct spans *s, enum spans_kind kind, size_t from, size_t limit,
+                    size_t *start, size_t *end)
+{
+    size_t i = spans_next(s, kind, from, true);
+    if (i >= limit || i >= s->words * BITS)
+        return false;
+    size_t j = spans_next(s, kind, i, false);
+    *start = i;
+    *end = j < limit ? j : limit;
+    return true;
 }
 
 /* Sets (value true) or clears bits [first, first + n). */
@@ -115,19 +140,22 @@ static void spans_fill(uint64_t *bits, size_t first, size_t n, bool value)
     }
 }
 
-/* True when page i is free; pages beyond the bitmap are not (they are above the bump pointer). */
+/* True when granule i is free; granules beyond the bitmap are not (they are above the bump
+ * pointer). */
 static bool spans_free_at(const struct spans *s, size_t i)
 {
     return i < s->words * BITS && (s->free_bits[i / BITS] >> (i % BITS) & 1) != 0;
 }
 
-void spans_put(struct spans *s, size_t first, size_t n, bool dirty)
+void spans_put(struct spans *s, size_t first, size_t n, bool cold, bool dirty)
 {
-    /* A new run of free pages: a new hole, unless it joins one on either side, or two. */
+    /* A new run of free granules: a new hole, unless it joins one on either side, or two. */
     bool left = first > 0 && spans_free_at(s, first - 1);
     bool right = spans_free_at(s, first + n);
     s->holes = s->holes + 1 - left - right;
     spans_fill(s->free_bits, first, n, true);
+    if (cold)
+        spans_fill(s->cold_bits, first, n, true);
     if (dirty)
         spans_fill(s->dirty_bits, first, n, true);
     if (first / BITS < s->hint)
@@ -137,6 +165,7 @@ void spans_put(struct spans *s, size_t first, size_t n, bool dirty)
 void spans_take(struct spans *s, size_t first, size_t n)
 {
     spans_fill(s->free_bits, first, n, false);
+    spans_fill(s->cold_bits, first, n, false);
     spans_fill(s->dirty_bits, first, n, false);
     /* [first, first + n) lay inside one hole, which is gone, unless a part of it remains on
      * either side (one hole), or on both (two). */
@@ -145,17 +174,34 @@ void spans_take(struct spans *s, size_t first, size_t n)
     s->holes = s->holes + left + right - 1;
 }
 
-bool spans_dirty(const struct spans *s, size_t first, size_t n)
+void spans_make_cold(struct spans *s, size_t first, size_t n, bool dirty)
 {
-    size_t hit = spans_next(s->dirty_bits, s->words, first, true);
-    return hit < first + n;
+    spans_fill(s->cold_bits, first, n, true);
+    if (dirty)
+        spans_fill(s->dirty_bits, first, n, true);
+}
+
+bool spans_any(const struct spans *s, enum spans_kind kind, size_t first, size_t n)
+{
+    return spans_next(s, kind, first, true) < first + n;
+}
+
+size_t spans_largest_run(const struct spans *s)
+{
+    size_t largest = 0, a, b;
+    for (size_t i = 0; spans_next_run(s, SPANS_FREE, i, SIZE_MAX, &a, &b); i = b)
+        if (b - a > largest)
+            largest = b - a;
+    return largest;
 }
 
 void spans_clear(struct spans *s)
 {
-    if (s->words > 0) {
-        memset(s->free_bits, 0, s->words * sizeof(uint64_t));
-        memset(s->dirty_bits, 0, s->words * sizeof(uint64_t));
+    size_t bytes = s->words * sizeof(uint64_t);
+    if (bytes > 0) {
+        memset(s->free_bits, 0, bytes);
+        memset(s->cold_bits, 0, bytes);
+        memset(s->dirty_bits, 0, bytes);
     }
     s->hint = 0;
     s->holes = 0;

@@ -2,7 +2,8 @@
  * Bookkeeping in the cache's jemalloc arena: jemalloc's own statistics agree with the cache's
  * count, freeing every chunk leaves only the fixed records, arenas come from a pool instead of
  * being created per cache, create/destroy cycles do not eat address space, and memcheck sees the
- * records (which is what lets the valgrind run report a leaked or misused one).
+ * records (which is what lets the valgrind run report a leaked or misused one). Run once per
+ * backend (helpers.h): the indexes are per granule, so their size follows stats.granule.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -74,17 +75,25 @@ Test(meta, freeing_every_chunk_leaves_only_the_fixed_records)
     code_cache_get_stats(cache, &st);
     size_t empty = st.meta_bytes;
 
-    /* Two rounds fill the record FIFO: freed records are reused only while more than 16 wait
-     * (the double-free quarantine), so the second round adds up to 16 records. */
+    /* Three rounds fill the record FIFO: freed records are reused only while more than 64 wait
+     * (the double-free quarantine), so rounds two and three add up to 64 records. */
+    churn(cache, far, 40, 6);
     churn(cache, far, 40, 6);
     churn(cache, far, 40, 6);
     code_cache_get_stats(cache, &st);
     size_t steady = st.meta_bytes;
-    /* What stays: at most 40 + 16 chunk records, kept for reuse (48 bytes each), and the
-     * free-span bitmaps (one word each for 64 pages, in jemalloc's smallest class). No veneer
-     * table survives its chunk. */
-    cr_assert_leq(steady - empty, (40 + 16) * 48 + 2 * 16, "%zu bytes stayed after freeing",
-                  steady - empty);
+    /* What stays: the record table, slabs of 64 and 128 records of 56 bytes, enough for the
+     * 40 + 64 records kept for reuse; the find index, one 4-byte word per granule the bump
+     * pointer passed (every granule of the cache by now), in slabs of 1024, 2048, 4096...
+     * words; the three free-span bitmaps, a bit per granule (at least jemalloc's smallest
+     * class, 16 bytes). No veneer table survives its chunk. */
+    const size_t granules = st.reserved / st.granule;
+    size_t find_words = 0;
+    for (size_t slab = 1024; find_words < granules; slab *= 2)
+        find_words += slab;
+    const size_t bitmap = granules / 8 > 16 ? granules / 8 : 16;
+    cr_assert_leq(steady - empty, (64 + 128) * 56 + find_words * 4 + 3 * bitmap,
+                  "%zu bytes stayed after freeing", steady - empty);
     expect_meta_matches(cache, baseline);
 
     for (int round = 0; round < 3; round++) {
@@ -137,7 +146,7 @@ Test(meta, two_caches_keep_separate_bookkeeping)
     code_cache_get_stats(b, &sb2);
     cr_assert_eq(sb2.meta_bytes, sb.meta_bytes, "b's arena saw a's records");
     code_cache_get_stats(a, &sa);
-    cr_assert_geq(sa.meta_bytes, sb.meta_bytes + 20 * 48, "20 chunk records of 48 bytes");
+    cr_assert_geq(sa.meta_bytes, sb.meta_bytes + 20 * 56, "20 chunk records of 56 bytes");
     code_cache_destroy(b);
     check_maps(a);
     for (int i = 0; i < 20; i++)
@@ -155,7 +164,9 @@ Test(meta, create_destroy_cycles_do_not_grow_the_address_space)
         code_cache_destroy(test_cache_near_helper(16 * PAGE));
     size_t before = vm_size();
     for (int i = 0; i < cycles; i++) {
-        struct code_cache_options opts = {.size = 16 * PAGE, .near = (const void *)helper_triple};
+        /* Not test_cache_create: no check_maps here, so its RW view need not be looked for. */
+        struct code_cache_options opts = {
+            .size = 16 * PAGE, .near = (const void *)helper_triple, .flags = test_backend_flags()};
         struct code_cache *cache = code_cache_create(&opts);
         cr_assert_not_null(cache, "cycle %d: %s", i, strerror(errno));
         struct code_chunk *chunk = code_cache_alloc(cache, PAGE);
@@ -169,8 +180,13 @@ Test(meta, create_destroy_cycles_do_not_grow_the_address_space)
     size_t growth = after > before ? after - before : 0;
     cr_log_info("%d create/destroy cycles: VmSize %zu -> %zu KiB", cycles, before >> 10,
                 after >> 10);
-    cr_assert_leq(growth, (size_t)4 << 20, "%d cycles grew VmSize by %zu KiB", cycles,
-                  growth >> 10);
+    /* Under valgrind, memcheck's shadow memory grows too: each cycle places its cache at a new
+     * random address and touches a few fresh 64 KiB stretches of address space (the exec probe's
+     * page, the first step committed), each costing a secondary shadow map that memcheck keeps
+     * (measured: about 28 KiB a cycle, and none natively). Still two orders of magnitude below
+     * the 2 MiB per cycle this test is about. */
+    const size_t allowed = test_under_valgrind() ? (size_t)cycles * (64 << 10) : (size_t)4 << 20;
+    cr_assert_leq(growth, allowed, "%d cycles grew VmSize by %zu KiB", cycles, growth >> 10);
 }
 
 Test(meta, memcheck_sees_the_records)

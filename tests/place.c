@@ -40,14 +40,21 @@ static struct code_cache *create_near(const void *target, size_t size, size_t re
               "the reservation is not mapped");
     cr_assert(code_cache_reaches(cache, target));
 
-    /* Just out of reach on either side of the cache, when that address exists. */
-    uintptr_t beyond = usable.lo + r;
+    /* Just out of reach on either side of the cache, when that address exists, and the bytes
+     * next to them just in reach: the rule is exact, not one byte off. */
+    uintptr_t beyond = test_unreachable_above(usable.lo, r);
     cr_assert(!test_reaches(usable.lo, usable.hi, beyond, r));
     cr_assert(!code_cache_reaches(cache, (const void *)beyond));
-    if (usable.hi - 1 > r) {
-        uintptr_t below = usable.hi - 1 - r - 1;
+    cr_assert(test_reaches(usable.lo, usable.hi, beyond - 1, r));
+    cr_assert(code_cache_reaches(cache, (const void *)(beyond - 1)), "%#lx is in reach",
+              (unsigned long)(beyond - 1));
+    if (usable.hi > r + TEST_BRANCH_SIZE) {
+        uintptr_t below = test_unreachable_below(usable.hi, r);
         cr_assert(!test_reaches(usable.lo, usable.hi, below, r));
-        cr_assert(!code_cache_reaches(cache, (const void *)below));
+        cr_assert(!code_cache_reaches(cache, (const void *)below), "%#lx is out of reach",
+                  (unsigned long)below);
+        cr_assert(test_reaches(usable.lo, usable.hi, below + 1, r));
+        cr_assert(code_cache_reaches(cache, (const void *)(below + 1)));
     }
     return cache;
 }
@@ -128,20 +135,22 @@ Test(place, lands_on_both_sides_of_the_target_at_random)
 
 Test(place, fills_an_exact_window_to_the_byte)
 {
-    /* With target t and reach R the reservation may cover exactly [t + 1 - R, t + 1 + R). When
-     * t + 1 is page aligned, a cache of 2 R minus its two guard pages fits only there. */
+    /* A target t is reached from every branch of the reservation [lo, hi) when the first branch
+     * reaches forward (x86-64: t - (lo + 5) <= R - 1) and the last one backward (t - hi >= -R):
+     * the reservation lies in [t - R - 4, t + R). With t + R page aligned, a cache of 2 R minus
+     * its two guard pages fits only at [t - R, t + R). */
     const size_t reach = 16 * MiB, page = test_page_size();
     uintptr_t area = test_free_area(4 * reach);
-    uintptr_t target = area + 2 * reach - 1;
+    uintptr_t target = area + 2 * reach;
     struct code_cache *cache = create_near((const void *)target, 2 * reach - 2 * page, reach);
     struct test_region r = test_cache_region(cache);
-    cr_assert_eq(r.lo, target + 1 - reach);
-    cr_assert_eq(r.hi, target + 1 + reach);
+    cr_assert_eq(r.lo, target - reach);
+    cr_assert_eq(r.hi, target + reach);
     code_cache_destroy(cache);
 
-    /* One byte further and page alignment leaves one page too few: ERANGE. */
+    /* One byte lower and the window's top loses a page to alignment: ERANGE. */
     struct code_cache_options opts = {
-        .near = (const void *)(target + 1), .size = 2 * reach - 2 * page, .reach = reach};
+        .near = (const void *)(target - 1), .size = 2 * reach - 2 * page, .reach = reach};
     errno = 0;
     cr_assert_null(code_cache_create(&opts));
     cr_assert_eq(errno, ERANGE, "errno %d", errno);
@@ -176,11 +185,13 @@ Test(place, target_above_the_user_address_space_is_erange)
     cr_assert_null(code_cache_create(&opts));
     cr_assert_eq(errno, ERANGE, "errno %d", errno);
 
-    /* Top of the address space as an address: "target + reach" must not wrap either. */
+    /* Top of the address space as an address: "target + reach" must not wrap either, and the
+     * answer is the one the header promises (before the fix, the target's end wrapped to 0 and
+     * gave EINVAL). */
     opts.near = (const void *)UINTPTR_MAX;
     errno = 0;
     cr_assert_null(code_cache_create(&opts));
-    cr_assert(errno == ERANGE || errno == EINVAL, "errno %d", errno);
+    cr_assert_eq(errno, ERANGE, "errno %d", errno);
 }
 
 Test(place, near_null_places_anywhere)

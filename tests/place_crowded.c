@@ -204,8 +204,8 @@ Test(place_crowded, no_gap_left_fails_with_enomem_and_leaves_nothing)
 Test(place_crowded, a_window_of_single_pages_is_searched_to_its_far_end)
 {
     /* One page mapped, one page free, across the whole window: a map of a thousand lines more,
-     * read in many read(2) calls through a buffer refilled many times, and no gap of more than a page.
-     * A cache of two pages plus its guard pages needs four: ENOMEM. Then a five-page gap is
+     * read in many read(2) calls through a buffer refilled many times, and no gap of more than a
+     * page. A cache of two pages plus its guard pages needs four: ENOMEM. Then a five-page gap is
      * opened near the far end of the window, and the scan must find it among all the lines.
      * The reach is 4 MiB here: valgrind 3.19 cannot track many more mappings (VG_N_SEGMENTS). */
     const size_t page = test_page_size(), reach = 4 * MiB;

@@ -42,12 +42,31 @@ struct test_region test_cache_region(const struct code_cache *cache)
     return (struct test_region){r.lo - test_page_size(), r.hi + test_page_size()};
 }
 
+/* Where a branch starting at a counts its displacement from. */
+static __int128 test_origin(uintptr_t a)
+{
+    return (__int128)a + (TEST_ORIGIN_IS_THE_END ? TEST_BRANCH_SIZE : 0);
+}
+
 bool test_reaches(uintptr_t lo, uintptr_t hi, uintptr_t t, size_t reach)
 {
+    if (hi < lo + TEST_BRANCH_SIZE)
+        return false;
     __int128 r = (__int128)reach;
-    __int128 farthest_forward = (__int128)t - (__int128)lo;        /* from the first byte */
-    __int128 farthest_backward = (__int128)t - (__int128)(hi - 1); /* from the last byte */
-    return hi > lo && farthest_forward <= r - 1 && farthest_backward >= -r;
+    /* The first branch in the range starts at lo, the last at hi - TEST_BRANCH_SIZE. */
+    __int128 farthest_forward = (__int128)t - test_origin(lo);
+    __int128 farthest_backward = (__int128)t - test_origin(hi - TEST_BRANCH_SIZE);
+    return farthest_forward <= r - 1 && farthest_backward >= -r;
+}
+
+uintptr_t test_unreachable_above(uintptr_t lo, size_t reach)
+{
+    return (uintptr_t)(test_origin(lo) + (__int128)reach);
+}
+
+uintptr_t test_unreachable_below(uintptr_t hi, size_t reach)
+{
+    return (uintptr_t)(test_origin(hi - TEST_BRANCH_SIZE) - (__int128)reach - 1);
 }
 
 uintptr_t test_free_area(size_t len)

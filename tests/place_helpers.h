@@ -30,9 +30,26 @@ struct test_region {
 struct test_region test_cache_region(const struct code_cache *cache);
 struct test_region test_cache_usable(const struct code_cache *cache);
 
-/* True when every byte of [lo, hi) reaches t with a displacement in [-reach, reach - 1],
- * computed in 128-bit signed arithmetic, independently of the library's reach_covers. */
+/* The direct branch of the architecture, restated here independently of the library: the
+ * shortest one is TEST_BRANCH_SIZE bytes, and its displacement counts from its end (x86-64 rel32)
+ * or from its own address (aarch64 imm26). */
+#if defined(__x86_64__)
+#define TEST_BRANCH_SIZE       5
+#define TEST_ORIGIN_IS_THE_END 1
+#else
+#define TEST_BRANCH_SIZE       4
+#define TEST_ORIGIN_IS_THE_END 0
+#endif
+
+/* True when a branch placed anywhere in [lo, hi) reaches t with a displacement in
+ * [-reach, reach - 1]: every placement of a TEST_BRANCH_SIZE-byte branch is tried at its two
+ * extremes, in 128-bit signed arithmetic, independently of the library's reach_covers. */
 bool test_reaches(uintptr_t lo, uintptr_t hi, uintptr_t t, size_t reach);
+
+/* The lowest target above [lo, hi) and the highest below it that a branch somewhere in it can
+ * no longer reach. */
+uintptr_t test_unreachable_above(uintptr_t lo, size_t reach);
+uintptr_t test_unreachable_below(uintptr_t hi, size_t reach);
 
 /* A page-aligned free area of len bytes far from everything (high in the address space, where
  * neither the kernel's top-down allocator nor valgrind puts anything). Nothing is left mapped:

@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include <code_cache.h>
@@ -39,7 +40,7 @@ int json_jit_encode_array(const struct json_schema *s, const void *objs, size_t 
 
 bool json_jit_supported(void)
 {
-#if defined(__x86_64__)
+#if defined(__x86_64__) || defined(__aarch64__)
     return true;
 #else
     return false;
@@ -63,21 +64,34 @@ struct json_jit *json_jit_create(struct code_cache *cache)
         return jit;
     }
     /* Near every function of the program holding the helpers (they may sit in a shared object
-     * or the executable); failing that near one helper; failing that anywhere, with veneers. */
+     * or the executable); failing that near one helper; failing that anywhere, with veneers.
+     * Where the system refuses to make memory executable with mprotect (systemd's
+     * MemoryDenyWriteExecute, prctl PR_SET_MDWE), the dual-mapped backend may still work: it
+     * maps its code r-x once and never asks for PROT_EXEC again. When both say EACCES, the
+     * caller has the interpreter. */
     const void *helper = FN_ADDR(json_put_i32);
-    struct code_cache_options near_object = {
-        .size = 4 << 20, .near = helper, .flags = CODE_CACHE_NEAR_OBJECT};
-    struct code_cache_options near_one = {.size = 4 << 20, .near = helper};
-    struct code_cache_options anywhere = {.size = 4 << 20};
-    const char *how = "near every segment of the helpers' object";
-    jit->cache = code_cache_create(&near_object);
-    if (jit->cache == NULL) {
-        how = "near json_put_i32 only (the helpers' object did not fit)";
-        jit->cache = code_cache_create(&near_one);
-    }
-    if (jit->cache == NULL) {
-        how = "anywhere: helpers are called through veneers";
-        jit->cache = code_cache_create(&anywhere);
+    static const unsigned backends[] = {0, CODE_CACHE_DUAL_MAP};
+    for (size_t b = 0; b < sizeof backends / sizeof backends[0] && jit->cache == NULL; b++) {
+        struct code_cache_options near_object = {
+            .size = 4 << 20, .near = helper, .flags = CODE_CACHE_NEAR_OBJECT | backends[b]};
+        struct code_cache_options near_one = {
+            .size = 4 << 20, .near = helper, .flags = backends[b]};
+        struct code_cache_options anywhere = {.size = 4 << 20, .flags = backends[b]};
+        const char *backend = backends[b] ? ", dual-mapped (mprotect to PROT_EXEC is denied)" : "";
+        const char *how = "near every segment of the helpers' object";
+        jit->cache = code_cache_create(&near_object);
+        if (jit->cache == NULL && errno != EACCES) {
+            how = "near json_put_i32 only (the helpers' object did not fit)";
+            jit->cache = code_cache_create(&near_one);
+        }
+        if (jit->cache == NULL && errno != EACCES) {
+            how = "anywhere: helpers are called through veneers";
+            jit->cache = code_cache_create(&anywhere);
+        }
+        if (jit->cache != NULL)
+            snprintf(jit->placement, sizeof jit->placement, "%s%s", how, backend);
+        else if (errno != EACCES)
+            break;
     }
     if (jit->cache == NULL) {
         int saved = errno;
@@ -86,7 +100,6 @@ struct json_jit *json_jit_create(struct code_cache *cache)
         return NULL;
     }
     jit->owns_cache = true;
-    snprintf(jit->placement, sizeof jit->placement, "%s", how);
     return jit;
 }
 
@@ -141,6 +154,24 @@ static bool schema_valid(const struct json_schema *s)
     return true;
 }
 
+/* Names the two functions of a compiled schema, json_<schema>_object and json_<schema>_array,
+ * so that perf (CODE_CACHE_PERF=jitdump) and gdb (CODE_CACHE_GDB=1) show them, and a crash
+ * handler can say which one ran (code_chunk_name_at). Each function's cold paths follow it: its
+ * bytes run up to the next function, or to the end of the instructions. Naming is optional
+ * (ENOMEM only): a failure leaves the code as it is, unnamed. */
+static void jit_name_schema(const struct json_compiled *c)
+{
+    const char *object = (const char *)(uintptr_t)c->object;
+    const char *array = (const char *)(uintptr_t)c->array;
+    const char *lo = object < array ? object : array, *hi = object < array ? array : object;
+    const char *end = (const char *)c->code + c->code_size;
+    char name[128];
+    snprintf(name, sizeof name, "json_%s_object", c->schema->name);
+    code_chunk_name(c->chunk, object, (size_t)((object == lo ? hi : end) - object), name);
+    snprintf(name, sizeof name, "json_%s_array", c->schema->name);
+    code_chunk_name(c->chunk, array, (size_t)((array == lo ? hi : end) - array), name);
+}
+
 /* The schemas being compiled, innermost first: a schema met again here is a cycle. */
 struct compile_frame {
     const struct json_schema *s;
@@ -171,7 +202,10 @@ static int compile_tree(struct json_jit *jit, struct json_schema *s,
             compile_tree(jit, inner, &frame) != 0)
             return -1;
     }
-    return jit_compile_schema(jit, s);
+    if (jit_compile_schema(jit, s) != 0)
+        return -1;
+    jit_name_schema(s->compiled);
+    return 0;
 }
 
 int json_jit_compile(struct json_jit *jit, struct json_schema *s)
