@@ -22,4 +22,9 @@ if ! sed 's/\\//g' "$manual" | grep -q -F "$tunable"; then
 fi
 CODECACHE_DLOPEN_TUNABLE=$tunable
 export CODECACHE_DLOPEN_TUNABLE
+# A cross build runs it in the emulator like every other program (the child too, through the
+# binfmt_misc handler that tests/run-emulated relies on).
+if [ -n "${CODE_CACHE_TEST_EMULATOR:-}" ]; then
+    exec ./tests/run-emulated ./tests/dlopen "$@"
+fi
 exec ./tests/dlopen "$@"

@@ -5,8 +5,9 @@
  *   dlopen_child LIBRARY [unload]
  *
  * loads LIBRARY with dlopen, resolves the functions it needs with dlsym, creates a cache, writes
- * `mov eax, 42; ret` into a chunk, seals it, calls it and destroys the cache. It prints one line
- * saying which jemalloc, if any, came into the process with the library, then "returned 42".
+ * a function returning 42 into a chunk (x86-64 or A64), seals it, calls it and destroys the cache.
+ * It prints one line saying which jemalloc, if any, came into the process with the library, then
+ * "returned 42".
  * With "unload", a second thread does that work and stays alive while the main thread
  * dlclose()s the library; then the thread exits (running the destructors of its thread-specific
  * data, some of which jemalloc registered) and the program prints "thread exited after dlclose".
@@ -61,7 +62,15 @@ static int report_jemalloc(struct dl_phdr_info *info, size_t size, void *data)
 /* Creates a cache, writes, seals and runs one function, destroys the cache: the exit status. */
 static int use_library(const struct api *api)
 {
-    static const unsigned char mov_eax_42_ret[] = {0xb8, 0x2a, 0x00, 0x00, 0x00, 0xc3};
+#if defined(__x86_64__)
+    /* mov eax, 42; ret */
+    static const unsigned char return_42[] = {0xb8, 0x2a, 0x00, 0x00, 0x00, 0xc3};
+#elif defined(__aarch64__)
+    /* mov w0, #42; ret (little-endian words 0x52800540, 0xd65f03c0) */
+    static const unsigned char return_42[] = {0x40, 0x05, 0x80, 0x52, 0xc0, 0x03, 0x5f, 0xd6};
+#else
+#error "dlopen_child: no code for this architecture"
+#endif
     struct code_cache_options opts = {.size = 1 << 20};
     struct code_cache *cache = api->cache_create(&opts);
     if (cache == NULL) {
@@ -74,13 +83,13 @@ static int use_library(const struct api *api)
         api->cache_destroy(cache);
         return 4;
     }
-    struct code_span fn = api->chunk_alloc(chunk, sizeof mov_eax_42_ret, 16);
+    struct code_span fn = api->chunk_alloc(chunk, sizeof return_42, 16);
     if (fn.rw == NULL) {
         fprintf(stderr, "dlopen_child: code_chunk_alloc: %s\n", strerror(errno));
         api->cache_destroy(cache);
         return 4;
     }
-    memcpy(fn.rw, mov_eax_42_ret, sizeof mov_eax_42_ret);
+    memcpy(fn.rw, return_42, sizeof return_42);
     if (api->chunk_seal(chunk) != 0) {
         fprintf(stderr, "dlopen_child: code_chunk_seal: %s\n", strerror(errno));
         api->cache_destroy(cache);
