@@ -97,6 +97,26 @@ static size_t spans_next(const struct spans *s, enum spans_kind kind, size_t fro
     return w * BITS + (size_t)__builtin_ctzll(x);
 }
 
+/* Whether the run of granules with the property that starts at i holds n of them; else its end
+ * in *end. Looks at the words of [i, i + n) only: a first fit needs to know that a run is long
+ * enough, not how long (a 1 MiB run of ready 64-byte granules is 256 words). */
+static bool spans_run_fits(const struct spans *s, enum spans_kind kind, size_t i, size_t n,
+                           size_t *end)
+{
+    size_t w = i / BITS, last = (i + n - 1) / BITS;
+    if (last >= s->words) {
+        *end = spans_next(s, kind, i, false);
+        return false;
+    }
+    uint64_t x = ~spans_word(s, kind, w) & (~(uint64_t)0 << (i % BITS));
+    while (x == 0 && w < last)
+        x = ~spans_word(s, kind, ++w);
+    if (x == 0)
+        return true;
+    *end = w * BITS + (size_t)__builtin_ctzll(x);
+    return *end >= i + n;
+}
+
 size_t spans_find(struct spans *s, size_t n)
 {
     size_t limit = s->words * BITS;
@@ -104,8 +124,8 @@ size_t spans_find(struct spans *s, size_t n)
     /* Nothing is free below the first set bit, whatever the outcome of the search. */
     s->hint = i / BITS;
     while (i < limit) {
-        size_t end = spans_next(s, SPANS_FREE, i, false);
-        if (end - i >= n)
+        size_t end;
+        if (spans_run_fits(s, SPANS_FREE, i, n, &end))
             return i;
         i = spans_next(s, SPANS_FREE, end, true);
     }
@@ -117,8 +137,8 @@ size_t spans_find_ready(struct spans *s, size_t n, size_t max_runs)
     size_t i = spans_next(s, SPANS_READY, s->ready_hint * BITS, true), limit = s->words * BITS;
     s->ready_hint = i / BITS;
     for (size_t runs = 0; i < limit && runs < max_runs; runs++) {
-        size_t end = spans_next(s, SPANS_READY, i, false);
-        if (end - i >= n)
+        size_t end;
+        if (spans_run_fits(s, SPANS_READY, i, n, &end))
             return i;
         i = spans_next(s, SPANS_READY, end, true);
     }
