@@ -15,10 +15,11 @@
  * time, on the thread's CPU clock, is per lookup, against two baselines in the same run: the same
  * loop that only reads the addresses (the loop's own cost); a binary search over a sorted array
  * of the live chunks (what a program that does not have code_cache_find keeps, and which, unlike
- * it, cannot be read while another thread changes it); and the floor of the library's kind of
- * index, inlined (two dependent loads, see floor_find). Then the same lookups chained, each
- * address depending on the previous answer: the latency of one lookup, which independent
- * lookups in a loop partly overlap.
+ * it, cannot be read while another thread changes it); and two floors of the library's kind of
+ * index, inlined: the word and the record (two dependent loads, see floor_find: what the library
+ * read until 2026-12-01), and the word alone (one load, floor_find_word: what it reads now). Then
+ * the same lookups chained, each address depending on the previous answer: the latency of one
+ * lookup, which independent lookups in a loop partly overlap.
  *
  * "No lock": pthread_mutex_lock is interposed in this program, and the lookups must take none.
  * They are timed once more while a second thread allocates, seals and frees other chunks of the
@@ -190,6 +191,19 @@ static inline const void *floor_find(const struct floor *f, uintptr_t a)
     return r;
 }
 
+/* The floor of the index as the library reads it now (lib/find.c since 2026-12-02): the word
+ * alone; the record's address is computed from it, the record is not read. One load. */
+static inline const void *floor_find_word(const struct floor *f, uintptr_t a)
+{
+    size_t g = (a - f->base) >> f->shift;
+    if (g >= f->ngranules)
+        return NULL;
+    uint32_t id = f->words[g];
+    if (id == 0)
+        return NULL;
+    return &f->records[id - 1];
+}
+
 /* The latency of one lookup: each address depends on the previous answer (through a mask that
  * is zero at run time), so lookups cannot overlap the way independent ones do. */
 static volatile uintptr_t zero_mask;
@@ -222,6 +236,30 @@ static double time_floor(const struct floor *f, const uintptr_t *addr, size_t n)
     double t0 = bench_thread_cpu_ns();
     for (size_t i = 0; i < n; i++)
         acc += (uintptr_t)floor_find(f, addr[i]);
+    double t = bench_thread_cpu_ns() - t0;
+    sink = acc;
+    return t / (double)n;
+}
+
+/* Two loops, not one with a flag: "addr | (acc & m)" with m zero in a register still makes each
+ * lookup wait for the previous one. */
+static double time_floor_word(const struct floor *f, const uintptr_t *addr, size_t n)
+{
+    uintptr_t acc = 0;
+    double t0 = bench_thread_cpu_ns();
+    for (size_t i = 0; i < n; i++)
+        acc += (uintptr_t)floor_find_word(f, addr[i]);
+    double t = bench_thread_cpu_ns() - t0;
+    sink = acc;
+    return t / (double)n;
+}
+
+static double time_floor_word_chained(const struct floor *f, const uintptr_t *addr, size_t n)
+{
+    uintptr_t acc = 0, m = zero_mask;
+    double t0 = bench_thread_cpu_ns();
+    for (size_t i = 0; i < n; i++)
+        acc += (uintptr_t)floor_find_word(f, addr[i] | (acc & m));
     double t = bench_thread_cpu_ns() - t0;
     sink = acc;
     return t / (double)n;
@@ -344,7 +382,8 @@ static void one_backend(bool dual, int reps)
     struct floor fl;
     floor_build(&fl, &st, all, CHUNKS, LIVE);
     struct bench_samples loop = {0}, sorted = {0}, floor_s = {0}, found[NQUERIES] = {{0}},
-                         churned = {0}, floor_chained = {0}, find_chained = {0};
+                         churned = {0}, floor_chained = {0}, find_chained = {0}, word_s = {0},
+                         word_chained = {0};
     struct bench_calls c0, c1;
     bench_calls_get(&c0);
     for (int rep = 0; rep < reps; rep++) {
@@ -352,6 +391,8 @@ static void one_backend(bool dual, int reps)
         bench_add(&sorted, time_sorted(all, LIVE, q.addr[HITS], LOOKUPS));
         bench_add(&floor_s, time_floor(&fl, q.addr[HITS], LOOKUPS));
         bench_add(&floor_chained, time_floor_chained(&fl, q.addr[HITS], LOOKUPS));
+        bench_add(&word_s, time_floor_word(&fl, q.addr[HITS], LOOKUPS));
+        bench_add(&word_chained, time_floor_word_chained(&fl, q.addr[HITS], LOOKUPS));
         bench_add(&find_chained, time_find_chained(cache, q.addr[HITS], LOOKUPS));
         for (int k = 0; k < NQUERIES; k++)
             if (q.addr[k] != NULL)
@@ -390,6 +431,9 @@ static void one_backend(bool dual, int reps)
     struct bench_summary fls = bench_summarize(&floor_s);
     snprintf(name, sizeof name, "find/%s/two dependent loads, inlined (floor)", b);
     bench_line(name, "ns", &fls, NULL, NULL);
+    struct bench_summary ws = bench_summarize(&word_s), wcs = bench_summarize(&word_chained);
+    snprintf(name, sizeof name, "find/%s/the word alone, inlined (floor, one load)", b);
+    bench_line(name, "ns", &ws, NULL, NULL);
     for (int k = 0; k < NQUERIES; k++) {
         if (q.addr[k] == NULL)
             continue;
@@ -397,6 +441,7 @@ static void one_backend(bool dual, int reps)
         if (k == HITS) {
             snprintf(name, sizeof name, "find/%s/code_cache_find %s", b, query_name[k]);
             bench_line(name, "ns", &fs, "floor", &fls);
+            bench_line(name, "ns", &fs, "floor one load", &ws);
         }
         snprintf(name, sizeof name, "find/%s/code_cache_find %s", b, query_name[k]);
         bench_line(name, "ns", &fs, "binary search", &ss);
@@ -407,6 +452,10 @@ static void one_backend(bool dual, int reps)
     bench_line(name, "ns", &fcs, NULL, NULL);
     snprintf(name, sizeof name, "find/%s/code_cache_find hit, chained (latency)", b);
     bench_line(name, "ns", &ccs, "floor chained", &fcs);
+    snprintf(name, sizeof name, "find/%s/the word alone, chained (latency)", b);
+    bench_line(name, "ns", &wcs, NULL, NULL);
+    snprintf(name, sizeof name, "find/%s/code_cache_find hit, chained (latency)", b);
+    bench_line(name, "ns", &ccs, "word alone chained", &wcs);
     struct bench_summary cs = bench_summarize(&churned);
     struct bench_summary hs = bench_summarize(&found[HITS]);
     snprintf(name, sizeof name, "find/%s/code_cache_find hit, 2nd thread churning", b);
@@ -428,6 +477,8 @@ static void one_backend(bool dual, int reps)
     bench_free(&floor_s);
     bench_free(&floor_chained);
     bench_free(&find_chained);
+    bench_free(&word_s);
+    bench_free(&word_chained);
     bench_free(&churned);
     free(fl.words);
     free(fl.records);

@@ -14,11 +14,13 @@
  * with two threads a thread that waits for a lock spends wall time, not CPU time.
  *
  * Two regimes of a cache. While never-used space remains, the library takes it first (freed
- * code stays in quarantine), so a freed chunk's space is not reused: the main table, in 1 GiB
- * caches that the runs never exhaust (after 1,000 chunks of warm-up, which take the commit-ahead
- * step to its largest). Once the bump pointer has reached the end of the cache, every chunk
- * comes from freed space: the "wrapped" table, in 4 MiB caches run past their end first. A
- * long-running program spends most of its life in the second regime.
+ * code stays in quarantine), except that freed spans still committed are reused once 1 MiB of
+ * them waits, and freed spans of any kind once 512 wait: the main table, in 1 GiB caches that the
+ * runs never exhaust (after 1,000 chunks of warm-up, which take the commit-ahead step to its
+ * largest). Once the bump pointer has reached the end of the cache, every chunk
+ * comes from freed space: the "wrapped" table, in 4 MiB caches filled to their end with live
+ * chunks, all freed, then run through twice one chunk at a time. A long-running program spends
+ * most of its life in the second regime.
  *
  * Then, in runs that are not timed, what each chunk costs besides time, for every variant alike:
  * system calls (the library's own count, stats.system_calls; the calls counted by interposing
@@ -49,9 +51,9 @@
 #define CHUNKS_COUNTED 5000 /* per thread, in a counting run */
 #define CHUNKS_WARMUP  1000 /* per cache */
 #define COUNT_RUNS     3
-/* The wrapped regime: small caches, run past their end before anything is measured. */
+/* The wrapped regime: small caches, filled to their end before anything is measured. */
 #define WRAPPED_CACHE (4 * MIB)
-#define WRAPPED_TIMED 100
+#define WRAPPED_TIMED 1000
 
 static unsigned char template_code[FSIZE];
 
@@ -164,7 +166,7 @@ struct config {
     enum method method;
     enum mode mode;
     unsigned fns;
-    bool wrapped;          /* a small cache, run past its end first */
+    bool wrapped;          /* a small cache, filled to its end first */
     size_t timed, counted; /* chunks per thread in a timed and in a counting run */
     struct code_cache *cache[2];
     struct bench_samples cpu, wall;
@@ -221,6 +223,28 @@ static size_t config_stats_syscalls(const struct config *cf)
     return total;
 }
 
+/* Allocates chunks of chunk_bytes until the cache has no room left (ENOSPC), then frees them
+ * all. */
+static void config_fill_and_free(struct code_cache *cache, size_t chunk_bytes)
+{
+    size_t n = 0, cap = WRAPPED_CACHE / chunk_bytes + 1;
+    struct code_chunk **all = calloc(cap, sizeof *all);
+    if (all == NULL) {
+        perror("onefn: calloc");
+        exit(2);
+    }
+    while (n < cap && (all[n] = code_cache_alloc(cache, chunk_bytes)) != NULL)
+        n++;
+    if (n == cap || (errno != ENOSPC && errno != ENOMEM)) {
+        fprintf(stderr, "onefn: filling the wrapped cache: %zu chunks, %s\n", n,
+                n == cap ? "no end" : strerror(errno));
+        exit(2);
+    }
+    while (n > 0)
+        code_chunk_free(all[--n]);
+    free(all);
+}
+
 static void config_open(struct config *cf)
 {
     if (cf->method == DIRECT)
@@ -236,8 +260,15 @@ static void config_open(struct config *cf)
         }
     }
     struct job jobs[2];
-    /* Wrapped: twice the chunks the cache holds, so that the bump pointer is at its end. */
     size_t chunk_bytes = cf->method == DUAL ? cf->fns * FSIZE : PAGE;
+    /* Wrapped: the cache filled with live chunks to its end, then all of them freed, so that no
+     * never-used space is left whatever the library's reuse policy (since 2026-12-02 it reuses
+     * freed space long before the end when one chunk at a time comes and goes, and running twice
+     * the cache's chunks through it no longer reaches the end); then twice the chunks the cache
+     * holds, one at a time, to reach the steady state of reuse. */
+    if (cf->wrapped)
+        for (int t = 0; t < caches; t++)
+            config_fill_and_free(cf->cache[t], chunk_bytes);
     size_t warmup = cf->wrapped ? 2 * WRAPPED_CACHE / chunk_bytes : CHUNKS_WARMUP;
     config_run(cf, warmup / (size_t)config_threads(cf), false, jobs);
     if (cf->wrapped) {
@@ -485,14 +516,23 @@ static void batch_counts(void)
     fflush(stdout);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    /* "onefn wrapped": the wrapped table alone (a rerun of the regime after the wrap). */
+    bool only_wrapped = argc == 2 && strcmp(argv[1], "wrapped") == 0;
+    if (argc > 2 || (argc == 2 && !only_wrapped)) {
+        fprintf(stderr, "usage: onefn [wrapped]\n");
+        return 2;
+    }
     bench_header("bench/onefn: one chunk at a time, against mmap/mprotect/munmap");
     int reps = bench_reps(15);
     bench_code_template(template_code, FSIZE);
-    one_payload(64, reps);
-    one_payload(1, reps);
+    if (!only_wrapped) {
+        one_payload(64, reps);
+        one_payload(1, reps);
+    }
     wrapped(bench_reps(5));
-    batch_counts();
+    if (!only_wrapped)
+        batch_counts();
     return 0;
 }
