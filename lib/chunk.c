@@ -158,7 +158,8 @@ static bool chunk_live(uint8_t state)
 }
 
 /* The chunk's span: where it is written and where it runs. */
-static struct code_span chunk_whole(const struct code_chunk *chunk)
+static inline __attribute__((always_inline)) struct code_span
+chunk_whole(const struct code_chunk *chunk)
 {
     const struct code_cache *cache = chunk->cache;
     size_t off = chunk_offset(chunk);
