@@ -65,9 +65,12 @@ static struct costs costs_of(const struct code_cache *cache)
      * the process (helpers.h). */
     if (test_cache_is_dual(cache)) {
         const size_t again = test_dual_fetch_is_stale() ? 1 : 0;
-        return (struct costs){
-            .commit = 2, .commit_prot = 0, .seal = again, .seal_prot = 0, .free = again,
-            .free_prot = 0};
+        return (struct costs){.commit = 2,
+                              .commit_prot = 0,
+                              .seal = again,
+                              .seal_prot = 0,
+                              .free = again,
+                              .free_prot = 0};
     }
     return (struct costs){
         .commit = 2, .commit_prot = 1, .seal = 1, .seal_prot = 1, .free = 2, .free_prot = 1};
@@ -132,7 +135,8 @@ Test(chunk, packs_many_functions_in_one_chunk_sealed_at_once)
     seal_checked(cache, chunk);
     seal_checked(cache, calls);
     code_cache_get_stats(cache, &after);
-    cr_assert_eq(after.protection_changes - before.protection_changes, 2 * costs_of(cache).seal_prot,
+    cr_assert_eq(after.protection_changes - before.protection_changes,
+                 2 * costs_of(cache).seal_prot,
                  "one protection change per chunk (none with dual), however many functions");
     cr_assert_eq(after.system_calls - before.system_calls, 2 * costs_of(cache).seal);
 

@@ -4,8 +4,8 @@
  * freeing twice. Each test expects the process to die of one signal, at the expected address
  * (expect_fatal_signal), after checking the maps. Run once per backend (helpers.h): where the
  * signal differs by backend (an inaccessible page raises SIGSEGV, the dual backend's traps
- * TEST_TRAP_SIGNAL), the fault happens in a child process (expect_child_fault) and the test names the
- * signal it expects.
+ * TEST_TRAP_SIGNAL), the fault happens in a child process (expect_child_fault) and the test names
+ * the signal it expects.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -101,8 +101,8 @@ Test(chunk_faults, the_gap_between_functions_and_veneers_traps, .signal = TEST_T
     cr_assert_fail("the gap below the veneers did not trap");
 }
 
-/* mprotect: a freed span is --- (SIGSEGV). Dual: it is filled with traps at once (TEST_TRAP_SIGNAL), and
- * becomes --- only when its pages are given back in a batch. */
+/* mprotect: a freed span is --- (SIGSEGV). Dual: it is filled with traps at once
+ * (TEST_TRAP_SIGNAL), and becomes --- only when its pages are given back in a batch. */
 Test(chunk_faults, calling_freed_code_faults)
 {
     struct code_cache *cache = test_cache_near_helper(1 << 20);
@@ -125,8 +125,8 @@ Test(chunk_faults, calling_freed_code_faults)
     }
     expect_freed_span(span);
     expect_prot((const void *)fn, PAGE, dual ? "r-x" : "---");
-    expect_child_fault(dual ? TEST_TRAP_SIGNAL : SIGSEGV, (const void *)fn, (const char *)fn + 1, run_arg,
-                       (void *)fn);
+    expect_child_fault(dual ? TEST_TRAP_SIGNAL : SIGSEGV, (const void *)fn, (const char *)fn + 1,
+                       run_arg, (void *)fn);
     code_cache_destroy(cache);
 }
 

@@ -45,8 +45,8 @@ static struct code_cache *cache_for(unsigned flags)
 static const char *emit_named(struct code_chunk *chunk, int value, const char *name)
 {
     jit_fn fn = emit_return(chunk, value);
-    cr_assert_eq(code_chunk_name(chunk, (const void *)fn, TEST_RETURN_SIZE, name), 0, "name %s: %s", name,
-                 strerror(errno));
+    cr_assert_eq(code_chunk_name(chunk, (const void *)fn, TEST_RETURN_SIZE, name), 0, "name %s: %s",
+                 name, strerror(errno));
     return (const char *)fn;
 }
 
@@ -695,7 +695,8 @@ Test(perf, jitdump_has_a_load_record_per_named_function, .init = jitdump_init, .
         check_load(data, at[index], g, return_code(2), TEST_RETURN_SIZE, "jit_g", index);
         check_load(data, at[index + 1], f, return_code(1), TEST_RETURN_SIZE, "jit_f", index + 1);
         check_load(data, at[index + 2], after, after, 1, "jit_after", index + 2);
-        check_load(data, at[index + 3], f2, return_code(3), TEST_RETURN_SIZE, "jit_f_reused", index + 3);
+        check_load(data, at[index + 3], f2, return_code(3), TEST_RETURN_SIZE, "jit_f_reused",
+                   index + 3);
         const struct jd_record *first = (const void *)(data + at[index + 1]);
         const struct jd_record *reused = (const void *)(data + at[index + 3]);
         cr_assert_gt(reused->timestamp, first->timestamp, "reuse is told apart by time");

@@ -29,25 +29,25 @@
  *   TEST_ELF_MACHINE  e_machine of its ELF files (<elf.h>).
  */
 #if defined(__x86_64__)
-#define TEST_TRAP_BYTE    0xcc
-#define TEST_TRAP_SIGNAL  SIGTRAP
-#define TEST_INSN_ALIGN   1
-#define TEST_RETURN_SIZE  6
-#define TEST_CALL_SIZE    19
-#define TEST_ILLEGAL_SIZE 2
+#define TEST_TRAP_BYTE     0xcc
+#define TEST_TRAP_SIGNAL   SIGTRAP
+#define TEST_INSN_ALIGN    1
+#define TEST_RETURN_SIZE   6
+#define TEST_CALL_SIZE     19
+#define TEST_ILLEGAL_SIZE  2
 #define TEST_RETURN64_SIZE 17
-#define TEST_CALL_REACH   ((size_t)1 << 31)
-#define TEST_ELF_MACHINE  EM_X86_64
+#define TEST_CALL_REACH    ((size_t)1 << 31)
+#define TEST_ELF_MACHINE   EM_X86_64
 #elif defined(__aarch64__)
-#define TEST_TRAP_BYTE    0x00
-#define TEST_TRAP_SIGNAL  SIGILL
-#define TEST_INSN_ALIGN   4
-#define TEST_RETURN_SIZE  12
-#define TEST_CALL_SIZE    28
-#define TEST_ILLEGAL_SIZE 4
+#define TEST_TRAP_BYTE     0x00
+#define TEST_TRAP_SIGNAL   SIGILL
+#define TEST_INSN_ALIGN    4
+#define TEST_RETURN_SIZE   12
+#define TEST_CALL_SIZE     28
+#define TEST_ILLEGAL_SIZE  4
 #define TEST_RETURN64_SIZE 16
-#define TEST_CALL_REACH   ((size_t)1 << 27)
-#define TEST_ELF_MACHINE  EM_AARCH64
+#define TEST_CALL_REACH    ((size_t)1 << 27)
+#define TEST_ELF_MACHINE   EM_AARCH64
 #else
 #error "tests/helpers.h: no emitter for this architecture"
 #endif
@@ -272,8 +272,8 @@ void expect_fatal_signal(int sig, const void *lo, const void *hi);
 
 /*
  * For faults whose signal depends on the backend or on the state of a page (an inaccessible page
- * raises SIGSEGV, a trap TEST_TRAP_SIGNAL), which a .signal test cannot declare: runs fault(arg) in a
- * fork()ed child that must die of sig at an address in [lo, hi) (as expect_fatal_signal checks
+ * raises SIGSEGV, a trap TEST_TRAP_SIGNAL), which a .signal test cannot declare: runs fault(arg) in
+ * a fork()ed child that must die of sig at an address in [lo, hi) (as expect_fatal_signal checks
  * it), and asserts that it did. The test itself goes on.
  */
 void expect_child_fault(int sig, const void *lo, const void *hi, void (*fault)(void *), void *arg);
