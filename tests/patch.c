@@ -184,7 +184,9 @@ Test(patch, an_aligned_8_byte_patch_is_atomic_while_another_thread_runs_the_code
 
     pthread_t tid;
     cr_assert_eq(pthread_create(&tid, NULL, run_loop, &r), 0);
-    const int patches = test_under_valgrind() ? 2000 : 200000;
+    /* Fewer under valgrind, and in an emulator, where each patch maps the page again (helpers.h:
+     * test_dual_fetch_is_stale). */
+    const int patches = test_under_valgrind() ? 2000 : test_under_emulator() ? 20000 : 200000;
     for (int i = 0; i < patches; i++) {
         uint64_t next = i % 2 ? r.a : r.b;
         int rc = code_chunk_patch(chunk, imm, &next, sizeof next);
@@ -244,7 +246,7 @@ Test(patch, two_threads_patching_bytes_of_one_word_both_win)
     cr_assert_not_null(data.rw);
     memset(data.rw, 0, 8);
     cr_assert_eq(code_chunk_seal(chunk), 0);
-    const int rounds = test_under_valgrind() ? 3000 : 300000;
+    const int rounds = test_under_valgrind() ? 3000 : test_under_emulator() ? 30000 : 300000;
     struct byte_patcher p[2] = {
         {chunk, (unsigned char *)data.rx + 2, rounds, 0, 0},
         {chunk, (unsigned char *)data.rx + 5, rounds - 1, 0, 0},
