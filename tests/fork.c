@@ -102,10 +102,13 @@ static bool dontfork_honoured(void)
 
 static void scene_init(struct scene *s)
 {
-    if (test_dual() && !dontfork_honoured())
-        cr_skip_test("MADV_DONTFORK is not honoured here (qemu-user's madvise ignores it): a child "
-                     "inherits the RW view, which the dual backend relies on the kernel to "
-                     "withhold");
+    if (test_dual() && !dontfork_honoured()) {
+        static const char why[] = "skipped: MADV_DONTFORK is not honoured here (qemu-user's "
+                                  "madvise ignores it): a child inherits the RW view, which the "
+                                  "dual backend relies on the kernel to withhold";
+        fprintf(stderr, "fork: %s\n", why); /* in the log without --verbose, unlike the skip's */
+        cr_skip_test("%s", why);
+    }
     memset(s, 0, sizeof *s);
     s->cache = test_cache_near_helper(1 << 20);
     s->dual = test_cache_is_dual(s->cache);
