@@ -135,6 +135,52 @@ static uintptr_t place_stack_top(void)
     return p != NULL && place_parse_decimal(p + 1, &top) ? top : 0;
 }
 
+/*
+ * The end of the mapping just below the one holding addr (the main thread's stack), or 0 when
+ * unknown. The stack can never grow past that mapping, so the address space below it is no room
+ * of the stack's. On a kernel's own layout that mapping lies far below (the stack sits under the
+ * top, the mmap area starts at least 128 MiB lower), and this changes nothing. qemu-user gives its
+ * guest a stack of a fixed size (RLIMIT_STACK) right above the program, its heap and its
+ * libraries: counting the room there as the stack's would leave nothing free near the program's
+ * own functions. One pass over /proc/self/maps, through a buffer on the stack.
+ */
+static uintptr_t place_below_mapping_of(uintptr_t addr)
+{
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char buf[8192];
+    size_t len = 0;
+    uintptr_t prev_hi = 0, found = 0;
+    bool done = false;
+    while (!done) {
+        ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        buf[len] = '\0';
+        char *line = buf, *eol;
+        while (!done && (eol = memchr(line, '\n', (size_t)(buf + len - line))) != NULL) {
+            char *end;
+            uintptr_t lo = (uintptr_t)strtoull(line, &end, 16);
+            uintptr_t hi = *end == '-' ? (uintptr_t)strtoull(end + 1, NULL, 16) : 0;
+            if (lo <= addr && addr < hi) {
+                found = prev_hi;
+                done = true;
+            }
+            prev_hi = hi;
+            line = eol + 1;
+        }
+        /* The partial line moves to the front; a line longer than the buffer ends the search. */
+        len = (size_t)(buf + len - line);
+        memmove(buf, line, len);
+        if (len == sizeof buf - 1)
+            break;
+    }
+    close(fd);
+    return found;
+}
+
 /* What does not change during the life of the process, read once: vm.mmap_min_addr (the kernel
  * refuses anything below it with EPERM), the stack's room, and CODE_CACHE_NO_RANDOM. Address 0
  * is never a candidate even where mmap_min_addr is 0: a mapping at NULL would read as failure. */
@@ -162,6 +208,9 @@ static void place_init(void)
         room += PLACE_STACK_GUARD;
         place_stack_room.lo = top > room ? align_down(top - room, os_page_size) : 0;
         place_stack_room.hi = align_up(top, os_page_size);
+        uintptr_t below = place_below_mapping_of(top - 1);
+        if (below > place_stack_room.lo && below < place_stack_room.hi)
+            place_stack_room.lo = align_up(below, os_page_size);
     }
 
     const char *v = getenv("CODE_CACHE_NO_RANDOM");

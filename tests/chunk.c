@@ -55,14 +55,25 @@ static size_t round_up(size_t size, size_t granule)
  * mprotect'ed; a commit populates the file and maps it r-x, a seal and a free make no call.
  */
 struct costs {
-    size_t commit, commit_prot, seal, free, free_prot; /* a seal is a protection change or none */
+    size_t commit, commit_prot, seal, seal_prot, free, free_prot;
 };
 
 static struct costs costs_of(const struct code_cache *cache)
 {
-    if (test_cache_is_dual(cache))
-        return (struct costs){.commit = 2, .commit_prot = 0, .seal = 0, .free = 0, .free_prot = 0};
-    return (struct costs){.commit = 2, .commit_prot = 1, .seal = 1, .free = 2, .free_prot = 1};
+    /* Where instruction fetch does not see stores through the RW view (an emulator), the dual
+     * backend maps the RX view again at every seal and free, and once at the first commit of
+     * the process (helpers.h). */
+    if (test_cache_is_dual(cache)) {
+        const size_t again = test_dual_fetch_is_stale() ? 1 : 0;
+        return (struct costs){.commit = 2,
+                              .commit_prot = 0,
+                              .seal = again,
+                              .seal_prot = 0,
+                              .free = again,
+                              .free_prot = 0};
+    }
+    return (struct costs){
+        .commit = 2, .commit_prot = 1, .seal = 1, .seal_prot = 1, .free = 2, .free_prot = 1};
 }
 
 static uintptr_t chunk_base(const struct code_chunk *chunk)
@@ -70,7 +81,7 @@ static uintptr_t chunk_base(const struct code_chunk *chunk)
     return (uintptr_t)code_chunk_span(chunk).rx;
 }
 
-Test(chunk, runs_a_function_that_calls_a_helper_with_call_rel32)
+Test(chunk, runs_a_function_that_calls_a_helper_directly)
 {
     struct code_cache *cache = test_cache_near_helper(1 << 20);
     struct code_chunk *chunk = alloc_checked(cache, 100);
@@ -113,7 +124,7 @@ Test(chunk, packs_many_functions_in_one_chunk_sealed_at_once)
     cr_assert_gt(n, 1000, "only %zu functions fitted in 4 pages", n);
 
     struct code_chunk *calls = alloc_checked(cache, PAGE);
-    enum { CALLS = 100 }; /* 19 bytes, aligned to 16: 32 bytes each */
+    enum { CALLS = 100 }; /* TEST_CALL_SIZE bytes, aligned to 16: 32 bytes each */
     jit_fn callers[CALLS];
     for (int i = 0; i < CALLS; i++)
         callers[i] = emit_call(calls, helper_triple, i);
@@ -124,7 +135,8 @@ Test(chunk, packs_many_functions_in_one_chunk_sealed_at_once)
     seal_checked(cache, chunk);
     seal_checked(cache, calls);
     code_cache_get_stats(cache, &after);
-    cr_assert_eq(after.protection_changes - before.protection_changes, 2 * costs_of(cache).seal,
+    cr_assert_eq(after.protection_changes - before.protection_changes,
+                 2 * costs_of(cache).seal_prot,
                  "one protection change per chunk (none with dual), however many functions");
     cr_assert_eq(after.system_calls - before.system_calls, 2 * costs_of(cache).seal);
 
@@ -368,7 +380,7 @@ Test(chunk, freed_spans_are_reused_only_when_never_used_space_runs_out)
     cr_assert_eq(chunk_base(a), st.base, "bumped from the start of the region");
     struct code_chunk *b = alloc_checked(cache, PAGE);
     cr_assert_eq(chunk_base(b), st.base + PAGE);
-    memset(code_chunk_span(a).rw, 0xcc, PAGE);
+    memset(code_chunk_span(a).rw, TEST_TRAP_BYTE, PAGE);
     emit_return(a, 1);
     seal_checked(cache, a);
     free_checked(cache, a);
@@ -544,10 +556,11 @@ Test(chunk, statistics_follow_every_operation)
     cr_assert_eq(st.open_chunks + st.sealed_chunks + st.chunks_allocated, 0);
     cr_assert_gt(st.meta_bytes, 0, "the cache's own record lives in its arena");
     cr_assert_geq(st.meta_resident, st.meta_bytes, "the arena's pages hold at least that");
-    cr_assert_eq(st.reach, (size_t)1 << 31);
+    cr_assert_eq(st.reach, TEST_CALL_REACH);
     cr_assert_eq(st.near, (const void *)helper_triple);
     cr_assert(code_cache_reaches(cache, (const void *)helper_triple));
-    const size_t meta0 = st.meta_bytes, prot0 = st.protection_changes, calls0 = st.system_calls;
+    const size_t meta0 = st.meta_bytes, prot0 = st.protection_changes;
+    size_t calls0 = st.system_calls;
 
     /* The first chunk commits itself and a step ahead: one commit. */
     struct code_chunk *a = alloc_checked(cache, 2 * PAGE);
@@ -556,7 +569,11 @@ Test(chunk, statistics_follow_every_operation)
     cr_assert_eq(st.committed_ahead, step);
     cr_assert_eq(st.committed, 2 * PAGE + step);
     cr_assert_eq(st.protection_changes, prot0 + cost.commit_prot);
-    cr_assert_eq(st.system_calls, calls0 + cost.commit);
+    /* The first commit of the process runs the dual backend's fetch probe: see costs_of. */
+    const size_t probe = dual && test_dual_fetch_is_stale() ? 1 : 0;
+    calls0 += probe;
+    cr_assert_eq(st.system_calls, calls0 + cost.commit, "%zu system calls, expected %zu",
+                 st.system_calls - calls0, cost.commit);
     /* The second comes from the step: no system call at all. */
     struct code_chunk *b = alloc_checked(cache, 3 * PAGE);
     code_cache_get_stats(cache, &st);
@@ -576,7 +593,7 @@ Test(chunk, statistics_follow_every_operation)
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.open_chunks, 1);
     cr_assert_eq(st.sealed_chunks, 1);
-    cr_assert_eq(st.protection_changes, prot0 + cost.commit_prot + cost.seal);
+    cr_assert_eq(st.protection_changes, prot0 + cost.commit_prot + cost.seal_prot);
     cr_assert_eq(st.system_calls, calls0 + cost.commit + cost.seal,
                  "a seal is one mprotect (mprotect) or no call (dual)");
 
@@ -592,7 +609,7 @@ Test(chunk, statistics_follow_every_operation)
     cr_assert_eq(st.open_chunks, 1);
     cr_assert_eq(st.sealed_chunks, 0);
     cr_assert_eq(st.chunks_allocated, 2);
-    cr_assert_eq(st.protection_changes, prot0 + cost.commit_prot + cost.seal + cost.free_prot);
+    cr_assert_eq(st.protection_changes, prot0 + cost.commit_prot + cost.seal_prot + cost.free_prot);
     cr_assert_eq(st.system_calls, calls0 + cost.commit + cost.seal + cost.free,
                  "a free is mprotect and madvise (mprotect) or no call (dual)");
 

@@ -4,8 +4,8 @@
  * freeing twice. Each test expects the process to die of one signal, at the expected address
  * (expect_fatal_signal), after checking the maps. Run once per backend (helpers.h): where the
  * signal differs by backend (an inaccessible page raises SIGSEGV, the dual backend's traps
- * SIGTRAP), the fault happens in a child process (expect_child_fault) and the test names the
- * signal it expects.
+ * TEST_TRAP_SIGNAL), the fault happens in a child process (expect_child_fault) and the test names
+ * the signal it expects.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -62,13 +62,13 @@ Test(chunk_faults, running_an_open_chunk_faults)
     const unsigned char *unwritten = (const unsigned char *)fn + 64;
     if (!dual)
         expect_child_fault(SIGSEGV, (const void *)fn, (const char *)fn + 1, run_arg, (void *)fn);
-    expect_child_fault(dual ? SIGTRAP : SIGSEGV, unwritten, unwritten + 1, run_arg,
+    expect_child_fault(dual ? TEST_TRAP_SIGNAL : SIGSEGV, unwritten, unwritten + 1, run_arg,
                        (void *)unwritten);
     check_maps(cache);
     code_cache_destroy(cache);
 }
 
-Test(chunk_faults, running_the_unused_tail_of_a_sealed_chunk_traps, .signal = SIGTRAP)
+Test(chunk_faults, running_the_unused_tail_of_a_sealed_chunk_traps, .signal = TEST_TRAP_SIGNAL)
 {
     struct code_cache *cache = test_cache_near_helper(1 << 20);
     struct code_chunk *chunk = code_cache_alloc(cache, PAGE);
@@ -79,12 +79,12 @@ Test(chunk_faults, running_the_unused_tail_of_a_sealed_chunk_traps, .signal = SI
     cr_assert_eq(fn(), 1);
     /* Halfway up the chunk: no function was ever written there. */
     const unsigned char *tail = (const unsigned char *)code_chunk_span(chunk).rx + PAGE / 2;
-    expect_fatal_signal(SIGTRAP, tail, tail + 1);
+    expect_fatal_signal(TEST_TRAP_SIGNAL, tail, tail + 1);
     run(tail);
     cr_assert_fail("the unused tail did not trap");
 }
 
-Test(chunk_faults, the_gap_between_functions_and_veneers_traps, .signal = SIGTRAP)
+Test(chunk_faults, the_gap_between_functions_and_veneers_traps, .signal = TEST_TRAP_SIGNAL)
 {
     struct code_cache *cache = test_cache_near_helper(1 << 20);
     int (*far)(int) = far_function(cache);
@@ -95,14 +95,14 @@ Test(chunk_faults, the_gap_between_functions_and_veneers_traps, .signal = SIGTRA
     cr_assert_eq(code_chunk_seal(chunk), 0);
     check_maps(cache);
     cr_assert_eq(fn(), 11);
-    /* The byte just below the veneer was never handed out. */
-    expect_fatal_signal(SIGTRAP, veneer - 1, veneer);
-    run(veneer - 1);
+    /* The instruction just below the veneer was never handed out. */
+    expect_fatal_signal(TEST_TRAP_SIGNAL, veneer - TEST_INSN_ALIGN, veneer);
+    run(veneer - TEST_INSN_ALIGN);
     cr_assert_fail("the gap below the veneers did not trap");
 }
 
-/* mprotect: a freed span is --- (SIGSEGV). Dual: it is filled with traps at once (SIGTRAP), and
- * becomes --- only when its pages are given back in a batch. */
+/* mprotect: a freed span is --- (SIGSEGV). Dual: it is filled with traps at once
+ * (TEST_TRAP_SIGNAL), and becomes --- only when its pages are given back in a batch. */
 Test(chunk_faults, calling_freed_code_faults)
 {
     struct code_cache *cache = test_cache_near_helper(1 << 20);
@@ -125,8 +125,8 @@ Test(chunk_faults, calling_freed_code_faults)
     }
     expect_freed_span(span);
     expect_prot((const void *)fn, PAGE, dual ? "r-x" : "---");
-    expect_child_fault(dual ? SIGTRAP : SIGSEGV, (const void *)fn, (const char *)fn + 1, run_arg,
-                       (void *)fn);
+    expect_child_fault(dual ? TEST_TRAP_SIGNAL : SIGSEGV, (const void *)fn, (const char *)fn + 1,
+                       run_arg, (void *)fn);
     code_cache_destroy(cache);
 }
 

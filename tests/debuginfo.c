@@ -41,12 +41,12 @@ static struct code_cache *cache_for(unsigned flags)
     return cache;
 }
 
-/* mov eax, value; ret, named. Returns where it runs. */
+/* emit_return's function, named. Returns where it runs. */
 static const char *emit_named(struct code_chunk *chunk, int value, const char *name)
 {
     jit_fn fn = emit_return(chunk, value);
-    cr_assert_eq(code_chunk_name(chunk, (const void *)fn, 6, name), 0, "name %s: %s", name,
-                 strerror(errno));
+    cr_assert_eq(code_chunk_name(chunk, (const void *)fn, TEST_RETURN_SIZE, name), 0, "name %s: %s",
+                 name, strerror(errno));
     return (const char *)fn;
 }
 
@@ -148,31 +148,34 @@ Test(names, are_found_from_any_byte_of_either_view)
         cr_assert_not_null(chunk);
         struct code_span whole = code_chunk_span(chunk);
         const char *f = emit_named(chunk, 1, "jit_f");
-        emit_return(chunk, 2); /* not named */
+        const char *u = (const char *)emit_return(chunk, 2); /* not named */
         const char *g = emit_named(chunk, 3, "jit_g");
         const ptrdiff_t rw = (char *)whole.rw - (char *)whole.rx;
+        /* emit_return aligns its functions to 8 bytes: padding follows each. */
+        cr_assert_gt(u - f, TEST_RETURN_SIZE);
         for (int sealed = 0; sealed < 2; sealed++) {
-            for (size_t k = 0; k < 6; k++) {
+            for (size_t k = 0; k < TEST_RETURN_SIZE; k++) {
                 const void *start = NULL;
                 size_t size = 0;
                 const char *name = code_chunk_name_at(chunk, f + k, &start, &size);
                 cr_assert(name != NULL && strcmp(name, "jit_f") == 0, "byte %zu of f", k);
                 cr_assert_eq(start, f);
-                cr_assert_eq(size, 6);
+                cr_assert_eq(size, TEST_RETURN_SIZE);
                 cr_assert_str_eq(code_chunk_name_at(chunk, g + k + rw, &start, NULL), "jit_g",
                                  "byte %zu of g through the RW view", k);
                 cr_assert_eq(start, g, "the start is where it runs");
             }
-            cr_assert_null(code_chunk_name_at(chunk, f + 8, NULL, NULL), "an unnamed function");
-            cr_assert_null(code_chunk_name_at(chunk, f + 6, NULL, NULL), "padding");
-            cr_assert_null(code_chunk_name_at(chunk, g + 6, NULL, NULL), "past the last");
+            cr_assert_null(code_chunk_name_at(chunk, u, NULL, NULL), "an unnamed function");
+            cr_assert_null(code_chunk_name_at(chunk, f + TEST_RETURN_SIZE, NULL, NULL), "padding");
+            cr_assert_null(code_chunk_name_at(chunk, g + TEST_RETURN_SIZE, NULL, NULL),
+                           "past the last");
             cr_assert_null(code_chunk_name_at(chunk, (const char *)whole.rx - 1, NULL, NULL));
             if (!sealed)
                 cr_assert_eq(code_chunk_seal(chunk), 0);
         }
         /* Named after the seal; the newest name of overlapping ones wins. */
-        cr_assert_eq(code_chunk_name(chunk, f + 8, 6, "jit_late"), 0);
-        cr_assert_str_eq(code_chunk_name_at(chunk, f + 10, NULL, NULL), "jit_late");
+        cr_assert_eq(code_chunk_name(chunk, u, TEST_RETURN_SIZE, "jit_late"), 0);
+        cr_assert_str_eq(code_chunk_name_at(chunk, u + 2, NULL, NULL), "jit_late");
         cr_assert_eq(code_chunk_name(chunk, f, 2, "jit_f_head"), 0);
         cr_assert_str_eq(code_chunk_name_at(chunk, f + 1, NULL, NULL), "jit_f_head");
         cr_assert_str_eq(code_chunk_name_at(chunk, f + 2, NULL, NULL), "jit_f");
@@ -190,11 +193,10 @@ static const char *sig_name;
 static const void *sig_start;
 static sigjmp_buf sig_back;
 
-static void on_sigill(int sig, siginfo_t *si, void *uc_)
+static void on_sigill(int sig, siginfo_t *si, void *uc)
 {
     (void)sig, (void)si;
-    ucontext_t *uc = uc_;
-    const void *pc = (const void *)uc->uc_mcontext.gregs[REG_RIP];
+    const void *pc = (const void *)test_context_pc(uc);
     sig_name = code_chunk_name_at(code_cache_find(sig_cache, pc), pc, &sig_start, NULL);
     siglongjmp(sig_back, 1);
 }
@@ -205,10 +207,13 @@ Test(names, are_found_from_a_signal_handler)
         sig_cache = cache_for(backends[b]);
         struct code_chunk *chunk = code_cache_alloc(sig_cache, 100);
         emit_named(chunk, 7, "jit_before");
-        struct code_span s = code_chunk_alloc(chunk, 4, 4);
+        /* Two nops, then an illegal instruction: the pc is inside the function, past its start. */
+        const size_t nops = 2 * TEST_INSN_ALIGN, size = nops + TEST_ILLEGAL_SIZE;
+        struct code_span s = code_chunk_alloc(chunk, size, 4);
         cr_assert_not_null(s.rw);
-        memcpy(s.rw, "\x90\x90\x0f\x0b", 4); /* nop; nop; ud2 */
-        cr_assert_eq(code_chunk_name(chunk, s.rx, 4, "jit_crashes"), 0);
+        test_write_nops(s.rw, nops);
+        test_write_illegal((char *)s.rw + nops);
+        cr_assert_eq(code_chunk_name(chunk, s.rx, size, "jit_crashes"), 0);
         cr_assert_eq(code_chunk_seal(chunk), 0);
         struct sigaction sa, old;
         memset(&sa, 0, sizeof sa);
@@ -231,7 +236,8 @@ Test(names, are_freed_with_their_chunk)
     for (size_t b = 0; b < sizeof backends / sizeof backends[0]; b++) {
         for (int how = 0; how < 2; how++) {
             struct code_cache *cache = cache_for(backends[b] | CODE_CACHE_GDB_JIT);
-            struct code_chunk *chunk = code_cache_alloc(cache, 256);
+            /* Room for 20 functions of emit_return's, 8-byte aligned. */
+            struct code_chunk *chunk = code_cache_alloc(cache, 20 * 16);
             cr_assert_not_null(chunk);
             struct code_cache_stats before, named, after;
             code_cache_get_stats(cache, &before);
@@ -317,7 +323,7 @@ static void check_object(const struct jit_entry *e, struct code_span chunk, size
     const Elf64_Ehdr *eh = (const void *)e->symfile;
     cr_assert_eq(memcmp(eh->e_ident, ELFMAG, SELFMAG), 0);
     cr_assert_eq(eh->e_ident[EI_CLASS], ELFCLASS64);
-    cr_assert_eq(eh->e_machine, EM_X86_64);
+    cr_assert_eq(eh->e_machine, TEST_ELF_MACHINE);
     cr_assert_eq(eh->e_type, ET_EXEC);
     cr_assert_leq(eh->e_shoff + eh->e_shnum * sizeof(Elf64_Shdr), e->size);
     const Elf64_Shdr *sh = (const void *)(e->symfile + eh->e_shoff);
@@ -347,7 +353,7 @@ static void check_object(const struct jit_entry *e, struct code_span chunk, size
         cr_assert_lt(i, nsyms, "no symbol %s", names[k]);
         cr_assert_eq(ELF64_ST_TYPE(sym[i].st_info), STT_FUNC);
         cr_assert_eq(sym[i].st_value, (uintptr_t)addrs[k], "%s's address", names[k]);
-        cr_assert_eq(sym[i].st_size, 6);
+        cr_assert_eq(sym[i].st_size, TEST_RETURN_SIZE);
         cr_assert_eq(sym[i].st_shndx, (size_t)(text - sh));
     }
 }
@@ -381,7 +387,7 @@ Test(gdbjit, one_object_per_sealed_named_chunk_until_it_is_freed)
         ad[0] = emit_named(d2, 1, nd[0]);
         ad[1] = (const char *)emit_return(d2, 2);
         cr_assert_eq(code_chunk_seal(d2), 0);
-        cr_assert_eq(code_chunk_name(d2, ad[1], 6, nd[1]), 0);
+        cr_assert_eq(code_chunk_name(d2, ad[1], TEST_RETURN_SIZE, nd[1]), 0);
         cr_assert_eq(gdb_entries(), base + 3);
         check_object(gdb_entry_at(code_chunk_span(d2).rx), code_chunk_span(d2), 2, nd, ad);
         /* Freed: gone from the list. */
@@ -520,16 +526,16 @@ Test(perf, map_has_a_line_per_named_function_at_its_rx_address, .init = perf_map
         const char *h = (const char *)emit_return(code_cache_alloc(cache, 64), 3);
         struct code_chunk *later = code_cache_find(cache, h);
         cr_assert_eq(code_chunk_seal(later), 0);
-        cr_assert_eq(code_chunk_name(later, h, 6, "jit_named_after_the_seal"), 0);
+        cr_assert_eq(code_chunk_name(later, h, TEST_RETURN_SIZE, "jit_named_after_the_seal"), 0);
         char *text = slurp(perf_map_path, NULL);
         cr_assert_not_null(text, "no %s", perf_map_path);
-        cr_assert(perf_map_has(text, f, 6, "jit f with spaces (args)"), "%s", text);
-        cr_assert(perf_map_has(text, g, 6, "jit_g"), "%s", text);
-        cr_assert(perf_map_has(text, h, 6, "jit_named_after_the_seal"), "%s", text);
+        cr_assert(perf_map_has(text, f, TEST_RETURN_SIZE, "jit f with spaces (args)"), "%s", text);
+        cr_assert(perf_map_has(text, g, TEST_RETURN_SIZE, "jit_g"), "%s", text);
+        cr_assert(perf_map_has(text, h, TEST_RETURN_SIZE, "jit_named_after_the_seal"), "%s", text);
         /* The RW view never appears: only addresses where code runs. */
         struct code_span s = code_chunk_span(chunk);
         if (s.rw != s.rx)
-            cr_assert(!perf_map_has(text, (char *)s.rw + (f - (char *)s.rx), 6,
+            cr_assert(!perf_map_has(text, (char *)s.rw + (f - (char *)s.rx), TEST_RETURN_SIZE,
                                     "jit f with spaces (args)"));
         free(text);
         code_cache_destroy(cache);
@@ -596,7 +602,7 @@ static size_t jitdump_records(const char *data, size_t len, pid_t pid, size_t *a
     cr_assert_eq(h.magic, 0x4A695444u, "magic %#x", h.magic);
     cr_assert_eq(h.version, 1);
     cr_assert_eq(h.total_size, sizeof h);
-    cr_assert_eq(h.elf_mach, EM_X86_64);
+    cr_assert_eq(h.elf_mach, TEST_ELF_MACHINE);
     cr_assert_eq(h.pid, (uint32_t)pid);
     cr_assert_eq(h.flags, 0, "CLOCK_MONOTONIC timestamps, not the TSC");
     size_t n = 0, off = h.total_size;
@@ -616,11 +622,11 @@ static size_t jitdump_records(const char *data, size_t len, pid_t pid, size_t *a
     return n;
 }
 
-/* The code emit_return writes for value: mov eax, value; ret. */
+/* The code emit_return writes for value. */
 static const unsigned char *return_code(int value)
 {
-    static unsigned char code[6] = {0xb8, 0, 0, 0, 0, 0xc3};
-    memcpy(code + 1, &value, 4);
+    static unsigned char code[TEST_RETURN_SIZE];
+    test_write_return(code, value);
     return code;
 }
 
@@ -696,10 +702,11 @@ Test(perf, jitdump_has_a_load_record_per_named_function, .init = jitdump_init, .
         cr_assert_eq(n, index + 4, "%zu records", n);
         /* Newest names first within a chunk. */
         const void *after = code_chunk_span(other).rx;
-        check_load(data, at[index], g, return_code(2), 6, "jit_g", index);
-        check_load(data, at[index + 1], f, return_code(1), 6, "jit_f", index + 1);
+        check_load(data, at[index], g, return_code(2), TEST_RETURN_SIZE, "jit_g", index);
+        check_load(data, at[index + 1], f, return_code(1), TEST_RETURN_SIZE, "jit_f", index + 1);
         check_load(data, at[index + 2], after, after, 1, "jit_after", index + 2);
-        check_load(data, at[index + 3], f2, return_code(3), 6, "jit_f_reused", index + 3);
+        check_load(data, at[index + 3], f2, return_code(3), TEST_RETURN_SIZE, "jit_f_reused",
+                   index + 3);
         struct jd_record first = jd_record_at(data, at[index + 1]);
         struct jd_record reused = jd_record_at(data, at[index + 3]);
         cr_assert_gt(reused.timestamp, first.timestamp, "reuse is told apart by time");
@@ -768,12 +775,12 @@ Test(env, turns_every_tool_on_without_flags, .init = jitdump_init, .fini = jitdu
     const char *f = emit_named(chunk, 1, "jit_by_env");
     cr_assert_eq(code_chunk_seal(chunk), 0);
     char *text = slurp(perf_map_path, NULL);
-    cr_assert(text != NULL && perf_map_has(text, f, 6, "jit_by_env"));
+    cr_assert(text != NULL && perf_map_has(text, f, TEST_RETURN_SIZE, "jit_by_env"));
     free(text);
     size_t len, at[2];
     char *data = jitdump_read(getpid(), &len);
     cr_assert_eq(jitdump_records(data, len, getpid(), at, 2), 1);
-    check_load(data, at[0], f, return_code(1), 6, "jit_by_env", 0);
+    check_load(data, at[0], f, return_code(1), TEST_RETURN_SIZE, "jit_by_env", 0);
     free(data);
     cr_assert_eq(gdb_entries(), base + 1);
     code_cache_destroy(cache);

@@ -12,13 +12,6 @@
 
 static const unsigned backends[] = {0, CODE_CACHE_DUAL_MAP};
 
-static void write_return(unsigned char *p, int value)
-{
-    p[0] = 0xb8; /* mov eax, imm32; ret */
-    memcpy(p + 1, &value, 4);
-    p[5] = 0xc3;
-}
-
 Test(exec_allocator, sljit_generate_code_run_rewrite_and_free)
 {
     for (size_t b = 0; b < sizeof backends / sizeof backends[0]; b++) {
@@ -26,23 +19,24 @@ Test(exec_allocator, sljit_generate_code_run_rewrite_and_free)
             .size = 1 << 20, .near = (const void *)helper_triple, .flags = backends[b]};
         cr_assert_eq(exec_allocator_init(&opts), 0, "%s", strerror(errno));
         /* sljit_generate_code: malloc, make writable, write, make executable. */
-        unsigned char *code = exec_malloc(6, NULL);
+        unsigned char *code = exec_malloc(TEST_RETURN_SIZE, NULL);
         cr_assert_not_null(code);
-        exec_update_wx_flags(code, code + 6, 0);
-        write_return(code, 17);
-        exec_update_wx_flags(code, code + 6, 1);
+        exec_update_wx_flags(code, code + TEST_RETURN_SIZE, 0);
+        test_write_return(code, 17);
+        exec_update_wx_flags(code, code + TEST_RETURN_SIZE, 1);
         jit_fn fn = (jit_fn)(uintptr_t)(code + exec_offset(code));
         cr_assert_eq(fn(), 17);
         cr_assert_eq(exec_offset(code),
                      (char *)code_chunk_span(code_cache_find(exec_allocator_cache(), code)).rx -
                          (char *)code);
         if (backends[b] == CODE_CACHE_DUAL_MAP) {
-            /* sljit_set_const: rewrite the immediate through the writable pointer, then make it
-             * executable again: with two views, the write lands at once and is published. */
-            int value = 99;
-            exec_update_wx_flags(code + 1, code + 5, 0);
-            memcpy(code + 1, &value, 4);
-            exec_update_wx_flags(code + 1, code + 5, 1);
+            /* sljit_set_const: rewrite the constant through the writable pointer, then make it
+             * executable again: with two views, the write lands at once and is published. (The
+             * function is rewritten whole: on aarch64 the constant is spread over two
+             * instructions.) */
+            exec_update_wx_flags(code, code + TEST_RETURN_SIZE, 0);
+            test_write_return(code, 99);
+            exec_update_wx_flags(code, code + TEST_RETURN_SIZE, 1);
             cr_assert_eq(fn(), 99);
             cr_assert_neq((void *)code, (void *)fn, "two views");
         }
@@ -61,8 +55,8 @@ Test(exec_allocator, asmjit_alloc_query_release_by_the_rx_address)
         void *rx[16], *rw[16];
         for (int i = 0; i < 16; i++) {
             cr_assert_eq(jit_alloc(100, &rx[i], &rw[i]), 0);
-            write_return(rw[i], i);
-            exec_update_wx_flags(rw[i], (char *)rw[i] + 6, 1);
+            test_write_return(rw[i], i);
+            exec_update_wx_flags(rw[i], (char *)rw[i] + TEST_RETURN_SIZE, 1);
         }
         for (int i = 0; i < 16; i++) {
             void *w;

@@ -88,12 +88,11 @@ static struct code_cache *sig_cache;
 static struct code_chunk *sig_found;
 static sigjmp_buf sig_back;
 
-static void on_sigill(int sig, siginfo_t *si, void *uc_)
+static void on_sigill(int sig, siginfo_t *si, void *uc)
 {
     (void)sig, (void)si;
-    ucontext_t *uc = uc_;
     /* The handler's whole question: is this pc JIT code, and whose? */
-    sig_found = code_cache_find(sig_cache, (const void *)uc->uc_mcontext.gregs[REG_RIP]);
+    sig_found = code_cache_find(sig_cache, (const void *)test_context_pc(uc));
     siglongjmp(sig_back, 1);
 }
 
@@ -103,9 +102,9 @@ Test(find, works_from_a_signal_handler_on_the_faulting_pc)
         sig_cache = cache_for(backends[b], 64 * PAGE);
         struct code_chunk *other = code_cache_alloc(sig_cache, 100);
         struct code_chunk *chunk = code_cache_alloc(sig_cache, 100);
-        struct code_span s = code_chunk_alloc(chunk, 2, 1);
+        struct code_span s = code_chunk_alloc(chunk, TEST_ILLEGAL_SIZE, TEST_INSN_ALIGN);
         cr_assert(other != NULL && s.rw != NULL);
-        memcpy(s.rw, "\x0f\x0b", 2); /* ud2 */
+        test_write_illegal(s.rw);
         cr_assert_eq(code_chunk_seal(chunk), 0);
         struct sigaction sa, old;
         memset(&sa, 0, sizeof sa);

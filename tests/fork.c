@@ -16,6 +16,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -70,8 +71,44 @@ struct scene {
     struct code_cache_stats stats;
 };
 
+static void exit_faulted(int sig)
+{
+    (void)sig;
+    _exit(77);
+}
+
+/* Whether the kernel withholds a MADV_DONTFORK mapping from a child: a shared page so marked is
+ * written in a fork()ed child, which must fault. qemu-user's madvise ignores the advice. The
+ * child catches the fault and exits (a fault it died of would be a memcheck report). */
+static bool dontfork_honoured(void)
+{
+    char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert(p != MAP_FAILED, "mmap: %s", strerror(errno));
+    cr_assert_eq(madvise(p, PAGE, MADV_DONTFORK), 0, "madvise: %s", strerror(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        signal(SIGSEGV, exit_faulted);
+        *(volatile char *)p = 1;
+        _exit(0);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    munmap(p, PAGE);
+    cr_assert(WIFEXITED(status), "the child died of signal %d", WTERMSIG(status));
+    return WEXITSTATUS(status) == 77;
+}
+
 static void scene_init(struct scene *s)
 {
+    if (test_dual() && !dontfork_honoured()) {
+        static const char why[] = "skipped: MADV_DONTFORK is not honoured here (qemu-user's "
+                                  "madvise ignores it): a child inherits the RW view, which the "
+                                  "dual backend relies on the kernel to withhold";
+        fprintf(stderr, "fork: %s\n", why); /* in the log without --verbose, unlike the skip's */
+        cr_skip_test("%s", why);
+    }
     memset(s, 0, sizeof *s);
     s->cache = test_cache_near_helper(1 << 20);
     s->dual = test_cache_is_dual(s->cache);
@@ -118,8 +155,7 @@ static void scene_check_parent(struct scene *s)
     cr_assert_eq(s->ret3(), 3);
     cr_assert_eq(more(), 4);
     if (s->dual) {
-        int value = 78;
-        cr_assert_eq(code_chunk_patch(s->sealed, (char *)s->ret77 + 1, &value, sizeof value), 0);
+        cr_assert_eq(test_patch_return(s->sealed, s->ret77, 78), 0);
         cr_assert_eq(s->ret77(), 78);
     }
     struct code_chunk *fresh = code_cache_alloc(s->cache, 100);
@@ -237,9 +273,7 @@ static void child_creates_its_own_cache(void *arg)
     child_check(code_chunk_seal(c) == 0, "seal: %s", strerror(errno));
     child_check(f() == 22, "the child's own code");
     if (s->dual) {
-        int value = 8;
-        child_check(code_chunk_patch(c, (char *)f + 5, &value, 4) == 0, "patch: %s",
-                    strerror(errno));
+        child_check(test_patch_call_arg(c, f, 8) == 0, "patch: %s", strerror(errno));
         child_check(f() == 25, "the child's patched code");
         errno = 0;
         child_expect_errno(code_cache_alloc(s->cache, 100) == NULL, EPERM,

@@ -47,8 +47,7 @@ Test(harden, a_page_of_sealed_code_is_read_only_in_the_rw_view)
         cr_assert_eq(fns[i](), (int)i);
 
     /* A patch opens the page for its write and closes it again. */
-    int value = 1234;
-    cr_assert_eq(code_chunk_patch(chunks[3], (char *)fns[3] + 1, &value, 4), 0);
+    cr_assert_eq(test_patch_return(chunks[3], fns[3], 1234), 0);
     cr_assert_eq(fns[3](), 1234);
     expect_prot(rw, PAGE, "r--");
 

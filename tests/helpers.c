@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <ucontext.h>
@@ -46,6 +47,56 @@ size_t test_page_size(void)
 bool test_under_valgrind(void)
 {
     return RUNNING_ON_VALGRIND != 0;
+}
+
+bool test_under_emulator(void)
+{
+    const char *emulator = getenv("CODE_CACHE_TEST_EMULATOR");
+    return emulator != NULL && *emulator != '\0';
+}
+
+bool test_dual_fetch_is_stale(void)
+{
+    static int stale = -1;
+    if (stale >= 0)
+        return stale != 0;
+    const size_t page = test_page_size();
+    int fd = memfd_create("codecache-test-fetch", MFD_CLOEXEC);
+    cr_assert(fd >= 0, "memfd_create: %s", strerror(errno));
+    cr_assert_eq(ftruncate(fd, (off_t)page), 0, "ftruncate: %s", strerror(errno));
+    unsigned char *rw = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    cr_assert(rw != MAP_FAILED, "mmap rw: %s", strerror(errno));
+    char *rx = mmap(NULL, page, PROT_READ | PROT_EXEC, MAP_SHARED, fd, 0);
+    cr_assert(rx != MAP_FAILED, "mmap rx: %s", strerror(errno));
+    int got[2];
+    for (int i = 0; i < 2; i++) {
+        test_write_return(rw, i + 1);
+        __builtin___clear_cache(rx, rx + TEST_RETURN_SIZE);
+        VALGRIND_DISCARD_TRANSLATIONS(rx, TEST_RETURN_SIZE);
+        got[i] = ((jit_fn)(uintptr_t)rx)();
+    }
+    munmap(rx, page);
+    munmap(rw, page);
+    close(fd);
+    stale = got[0] != 1 || got[1] != 2;
+    return stale != 0;
+}
+
+uintptr_t test_user_top(void)
+{
+#if defined(__x86_64__)
+    /* 4-level paging; the kernel never maps the last page below 2^47. Addresses above it need a
+     * hint above it (5-level paging), which nothing here gives. */
+    return ((uintptr_t)1 << 47) - 4096;
+#else
+    /* The stack is created just below the top, less its randomisation: the next power of two
+     * above the stack is the top. 48 bits at most: a 52-bit kernel maps above 2^48 only for
+     * hints above it. */
+    uintptr_t execfn = (uintptr_t)getauxval(AT_EXECFN);
+    cr_assert_neq(execfn, 0, "no AT_EXECFN");
+    unsigned bits = 64u - (unsigned)__builtin_clzl(execfn);
+    return (uintptr_t)1 << (bits < 48 ? bits : 48);
+#endif
 }
 
 /* ---- The backend under test ---- */
@@ -652,37 +703,209 @@ size_t mapped_bytes(const void *addr, size_t len)
     return bytes;
 }
 
+/* ---- The emitter ---- */
+
+#if defined(__x86_64__)
+
 static void put32(unsigned char *p, uint32_t v)
 {
     memcpy(p, &v, sizeof v);
 }
 
-jit_fn try_emit_call(struct code_chunk *chunk, int (*helper)(int), int arg)
+void test_write_return(void *rw, int value)
 {
-    /* The caller enters with rsp = 8 mod 16; the helper must be called with rsp = 0 mod 16. */
-    static const unsigned char code[] = {
+    unsigned char *p = rw;
+    p[0] = 0xb8; /* mov eax, imm32 */
+    put32(p + 1, (uint32_t)value);
+    p[5] = 0xc3; /* ret */
+}
+
+void test_write_return64(void *rw, uint64_t value)
+{
+    unsigned char *p = rw;
+    memset(p, 0x90, 6); /* nop */
+    p[6] = 0x48;        /* movabs rax, imm64 */
+    p[7] = 0xb8;
+    memcpy(p + 8, &value, sizeof value);
+    p[16] = 0xc3; /* ret */
+}
+
+/* The argument of test_write_call's function: the imm32 of mov edi at offset 5. */
+static void put_call_arg(unsigned char *code, int arg)
+{
+    put32(code + 5, (uint32_t)arg);
+}
+
+bool test_write_call(void *rw, const void *rx, const void *target, int arg)
+{
+    static const unsigned char code[TEST_CALL_SIZE] = {
         0x48, 0x83, 0xec, 0x08,    /* sub rsp, 8 */
         0xbf, 0,    0,    0,    0, /* mov edi, imm32 */
         0xe8, 0,    0,    0,    0, /* call rel32 */
         0x48, 0x83, 0xc4, 0x08,    /* add rsp, 8 */
         0xc3,                      /* ret */
     };
+    /* rel32 counts from the end of the call, the next instruction. */
+    int64_t disp = (int64_t)((intptr_t)target - ((intptr_t)rx + 14));
+    if (disp < INT32_MIN || disp > INT32_MAX) {
+        errno = ERANGE;
+        return false;
+    }
+    unsigned char *p = rw;
+    memcpy(p, code, sizeof code);
+    put_call_arg(p, arg);
+    put32(p + 10, (uint32_t)(int32_t)disp);
+    return true;
+}
+
+void test_write_illegal(void *rw)
+{
+    memcpy(rw, "\x0f\x0b", TEST_ILLEGAL_SIZE); /* ud2 */
+}
+
+void test_write_nops(void *rw, size_t len)
+{
+    memset(rw, 0x90, len); /* nop */
+}
+
+/* The last instruction of test_write_return's function and of fill_return's. */
+static const unsigned char ret_insn[] = {0xc3};
+
+/* lea eax, [rdi + rdi + 5]; ret */
+static const unsigned char far_code[] = {0x8d, 0x44, 0x3f, 0x05, 0xc3};
+
+uintptr_t test_context_pc(const void *ucontext)
+{
+    return (uintptr_t)((const ucontext_t *)ucontext)->uc_mcontext.gregs[REG_RIP];
+}
+
+uintptr_t test_fault_pc(int sig, const siginfo_t *si, const void *ucontext)
+{
+    if (sig == SIGSEGV)
+        return (uintptr_t)si->si_addr;
+    /* int3 reports no address, and the pc is past it; ud2's pc is the instruction itself. */
+    uintptr_t pc = test_context_pc(ucontext);
+    return sig == SIGTRAP ? pc - 1 : pc;
+}
+
+#elif defined(__aarch64__)
+
+/* A64 instructions are 32-bit words, little-endian whatever the data endianness. */
+static void put_insns(void *rw, const uint32_t *insns, size_t n)
+{
+    memcpy(rw, insns, n * sizeof *insns);
+}
+
+#define A64_RET  0xd65f03c0u /* ret (x30) */
+#define A64_NOP  0xd503201fu
+#define A64_UDF0 0x00000000u /* udf #0 */
+
+/* movz w0, #lo16 and movk w0, #hi16, lsl #16: any 32-bit value in two instructions. */
+static uint32_t a64_movz_w0(int value)
+{
+    return 0x52800000u | ((uint32_t)value & 0xffff) << 5;
+}
+
+static uint32_t a64_movk_w0_16(int value)
+{
+    return 0x72a00000u | ((uint32_t)value >> 16) << 5;
+}
+
+void test_write_return(void *rw, int value)
+{
+    const uint32_t code[] = {a64_movz_w0(value), a64_movk_w0_16(value), A64_RET};
+    _Static_assert(sizeof code == TEST_RETURN_SIZE, "TEST_RETURN_SIZE");
+    put_insns(rw, code, 3);
+}
+
+void test_write_return64(void *rw, uint64_t value)
+{
+    /* An aligned 64-bit load is single-copy atomic: the function returns the old word or the
+     * new one, never a mix. */
+    const uint32_t code[] = {0x58000040u /* ldr x0, #8 (literal, imm19 = 2) */, A64_RET};
+    put_insns(rw, code, 2);
+    memcpy((char *)rw + 8, &value, sizeof value);
+}
+
+bool test_write_call(void *rw, const void *rx, const void *target, int arg)
+{
+    /* bl counts in instructions from its own address: a signed 26-bit count, so the target must
+     * be 4-byte aligned and within [-2^27, 2^27 - 4] bytes of the bl (at offset 16). */
+    int64_t disp = (int64_t)((intptr_t)target - ((intptr_t)rx + 16));
+    if (disp % 4 != 0 || disp < -((int64_t)1 << 27) || disp > ((int64_t)1 << 27) - 4) {
+        errno = ERANGE;
+        return false;
+    }
+    const uint32_t code[] = {
+        0xa9bf7bfdu,                                      /* stp x29, x30, [sp, #-16]! */
+        0x910003fdu,                                      /* mov x29, sp */
+        a64_movz_w0(arg),                                 /* movz w0, #lo16 (put_call_arg) */
+        a64_movk_w0_16(arg),                              /* movk w0, #hi16, lsl #16 */
+        0x94000000u | ((uint32_t)(disp / 4) & 0x3ffffff), /* bl imm26 */
+        0xa8c17bfdu,                                      /* ldp x29, x30, [sp], #16 */
+        A64_RET,
+    };
+    _Static_assert(sizeof code == TEST_CALL_SIZE, "TEST_CALL_SIZE");
+    put_insns(rw, code, sizeof code / sizeof code[0]);
+    return true;
+}
+
+/* The argument of test_write_call's function: its movz and movk, at offset 8. */
+static void put_call_arg(unsigned char *code, int arg)
+{
+    const uint32_t mov[] = {a64_movz_w0(arg), a64_movk_w0_16(arg)};
+    put_insns(code + 8, mov, 2);
+}
+
+void test_write_illegal(void *rw)
+{
+    const uint32_t udf = A64_UDF0;
+    put_insns(rw, &udf, 1);
+}
+
+void test_write_nops(void *rw, size_t len)
+{
+    cr_assert_eq(len % 4, 0, "%zu bytes of nops: not a whole number of instructions", len);
+    const uint32_t nop = A64_NOP;
+    for (size_t i = 0; i < len; i += 4)
+        memcpy((char *)rw + i, &nop, 4);
+}
+
+static const uint32_t ret_insn[] = {A64_RET};
+
+/* add w0, w0, w0; add w0, w0, #5; ret */
+static const uint32_t far_code[] = {0x0b000000u, 0x11001400u, A64_RET};
+
+uintptr_t test_context_pc(const void *ucontext)
+{
+    return (uintptr_t)((const ucontext_t *)ucontext)->uc_mcontext.pc;
+}
+
+uintptr_t test_fault_pc(int sig, const siginfo_t *si, const void *ucontext)
+{
+    /* A jump into a page that does not execute faults at the target; udf and brk report the pc
+     * of the instruction itself. */
+    if (sig == SIGSEGV)
+        return (uintptr_t)si->si_addr;
+    return test_context_pc(ucontext);
+}
+
+#endif
+
+jit_fn try_emit_call(struct code_chunk *chunk, int (*helper)(int), int arg)
+{
     const void *target = code_chunk_call_target(chunk, (const void *)helper);
     if (target == NULL)
         return NULL;
-    struct code_span span = code_chunk_alloc(chunk, sizeof code, 16);
+    struct code_span span = code_chunk_alloc(chunk, TEST_CALL_SIZE, 16);
     if (span.rw == NULL)
         return NULL;
-    int64_t disp = (int64_t)((intptr_t)target - ((intptr_t)span.rx + 14));
-    if (disp < INT32_MIN || disp > INT32_MAX || span.size != sizeof code ||
-        (uintptr_t)span.rx % 16 != 0) {
+    if (span.size != TEST_CALL_SIZE || (uintptr_t)span.rx % 16 != 0) {
         errno = ERANGE;
         return NULL;
     }
-    unsigned char *p = span.rw;
-    memcpy(p, code, sizeof code);
-    put32(p + 5, (uint32_t)arg);
-    put32(p + 10, (uint32_t)(int32_t)disp);
+    if (!test_write_call(span.rw, span.rx, target, arg))
+        return NULL;
     return (jit_fn)span.rx;
 }
 
@@ -695,12 +918,10 @@ jit_fn emit_call(struct code_chunk *chunk, int (*helper)(int), int arg)
 
 jit_fn try_emit_return(struct code_chunk *chunk, int value)
 {
-    static const unsigned char code[] = {0xb8, 0, 0, 0, 0, 0xc3}; /* mov eax, imm32; ret */
-    struct code_span span = code_chunk_alloc(chunk, sizeof code, 8);
+    struct code_span span = code_chunk_alloc(chunk, TEST_RETURN_SIZE, 8);
     if (span.rw == NULL)
         return NULL;
-    memcpy(span.rw, code, sizeof code);
-    put32((unsigned char *)span.rw + 1, (uint32_t)value);
+    test_write_return(span.rw, value);
     return (jit_fn)span.rx;
 }
 
@@ -711,32 +932,64 @@ jit_fn emit_return(struct code_chunk *chunk, int value)
     return fn;
 }
 
+int test_patch_code(struct code_chunk *chunk, void *rx, const void *code, size_t size)
+{
+    const unsigned char *old = rx, *new = code; /* r-x: readable where it runs */
+    size_t lo = 0, hi = size;
+    while (lo < size && old[lo] == new[lo])
+        lo++;
+    while (hi > lo && old[hi - 1] == new[hi - 1])
+        hi--;
+    cr_assert_lt(lo, hi, "the patch changes nothing");
+    return code_chunk_patch(chunk, (char *)rx + lo, new + lo, hi - lo);
+}
+
+int test_patch_return(struct code_chunk *chunk, jit_fn fn, int value)
+{
+    unsigned char code[TEST_RETURN_SIZE];
+    test_write_return(code, value);
+    return test_patch_code(chunk, (void *)fn, code, sizeof code);
+}
+
+int test_patch_call_arg(struct code_chunk *chunk, jit_fn fn, int arg)
+{
+    unsigned char code[TEST_CALL_SIZE];
+    memcpy(code, (const void *)fn, sizeof code);
+    put_call_arg(code, arg);
+    return test_patch_code(chunk, (void *)fn, code, sizeof code);
+}
+
 jit_fn fill_return(struct code_span span, int value)
 {
-    cr_assert_geq(span.size, 6, "a function returning a value takes 6 bytes at least");
+    cr_assert_geq(span.size, TEST_RETURN_SIZE, "a function returning a value takes %d bytes",
+                  TEST_RETURN_SIZE);
+    cr_assert(span.size % TEST_INSN_ALIGN == 0 && (uintptr_t)span.rx % TEST_INSN_ALIGN == 0,
+              "%zu bytes at %p: not whole, aligned instructions", span.size, span.rx);
+    /* test_write_return's function, its last instruction (ret) moved to the end. */
     unsigned char *p = span.rw;
-    p[0] = 0xb8; /* mov eax, imm32 */
-    put32(p + 1, (uint32_t)value);
-    memset(p + 5, 0x90, span.size - 6); /* nop */
-    p[span.size - 1] = 0xc3;            /* ret */
+    const size_t ret = sizeof ret_insn;
+    test_write_return(p, value);
+    test_write_nops(p + TEST_RETURN_SIZE - ret, span.size - TEST_RETURN_SIZE);
+    memcpy(p + span.size - ret, ret_insn, ret);
     return (jit_fn)span.rx;
 }
 
 int (*far_function(const struct code_cache *cache))(int)
 {
-    static const unsigned char code[] = {0x8d, 0x44, 0x3f, 0x05, 0xc3}; /* lea eax,[rdi+rdi+5] */
     struct code_cache_stats st;
     code_cache_get_stats(cache, &st);
     const size_t page = test_page_size();
     const uintptr_t gap = (uintptr_t)8 << 30;
-    /* Above the cache when there is room, else below: both are far outside any rel32 reach. */
+    /* Above the cache when there is room, else below: both are far outside any direct call's
+     * reach. */
     uintptr_t hint = st.base + st.reserved + gap;
-    if (hint > ((uintptr_t)1 << 46))
+    if (hint + page > test_user_top() / 2)
         hint = st.base - gap;
     void *p = mmap((void *)hint, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     cr_assert(p != MAP_FAILED, "mmap far page: %s", strerror(errno));
-    memcpy(p, code, sizeof code);
+    memcpy(p, far_code, sizeof far_code);
     cr_assert_eq(mprotect(p, page, PROT_READ | PROT_EXEC), 0);
+    __builtin___clear_cache((char *)p, (char *)p + sizeof far_code);
     cr_assert(!code_cache_reaches(cache, p), "the far page %p landed within reach", p);
     return (int (*)(int))p;
 }
@@ -805,16 +1058,9 @@ size_t vm_size(void)
 static int fatal_sig;
 static uintptr_t fatal_lo, fatal_hi;
 
-static void fatal_handler(int sig, siginfo_t *si, void *uc_)
+static void fatal_handler(int sig, siginfo_t *si, void *uc)
 {
-    uintptr_t at;
-    if (sig == SIGSEGV) {
-        at = (uintptr_t)si->si_addr;
-    } else {
-        /* int3 reports no address; the instruction pointer is just past the trap. */
-        ucontext_t *uc = uc_;
-        at = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP] - 1;
-    }
+    uintptr_t at = test_fault_pc(sig, si, uc);
     if (sig != fatal_sig || (fatal_lo != fatal_hi && (at < fatal_lo || at >= fatal_hi))) {
         static const char msg[] = "expect_fatal_signal: the fault is not the one expected\n";
         (void)!write(2, msg, sizeof msg - 1);
@@ -841,6 +1087,7 @@ void expect_fatal_signal(int sig, const void *lo, const void *hi)
     sigemptyset(&sa.sa_mask);
     cr_assert_eq(sigaction(SIGSEGV, &sa, NULL), 0);
     cr_assert_eq(sigaction(SIGTRAP, &sa, NULL), 0);
+    cr_assert_eq(sigaction(SIGILL, &sa, NULL), 0);
 }
 
 void expect_child_fault(int sig, const void *lo, const void *hi, void (*fault)(void *), void *arg)
@@ -869,5 +1116,5 @@ int fault_signal_at(const void *addr)
 {
     char prot[4];
     page_prot(addr, prot);
-    return prot[2] == 'x' ? SIGTRAP : SIGSEGV;
+    return prot[2] == 'x' ? TEST_TRAP_SIGNAL : SIGSEGV;
 }

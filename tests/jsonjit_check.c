@@ -516,6 +516,123 @@ static void expect_call(struct expected_call *list, size_t *n, const void *fn)
     list[(*n)++] = (struct expected_call){.fn = fn};
 }
 
+/*
+ * What check_calls needs to know of the machine code, per architecture: whether an instruction
+ * is an indirect branch, whether it is a direct jump or call and where to, and what a veneer of
+ * the library looks like. Capstone decodes; the displacements are read from the encodings.
+ */
+enum branch { BRANCH_NONE, BRANCH_JUMP, BRANCH_CALL };
+
+#if defined(__x86_64__)
+
+#define CS_ARCH CS_ARCH_X86
+#define CS_MODE CS_MODE_64
+
+static bool indirect_branch(const cs_insn *in)
+{
+    return in->bytes[0] == 0xff;
+}
+
+/* jmp rel32, jcc rel32 and call rel32 (E8: the only call form the JIT may use). */
+static enum branch direct_branch(const cs_insn *in, uintptr_t *target)
+{
+    const uint8_t *b = in->bytes;
+    int32_t rel;
+    memcpy(&rel, b + in->size - 4, sizeof rel);
+    *target = (uintptr_t)(in->address + in->size + (int64_t)rel);
+    if (b[0] == 0xe9 || (b[0] == 0x0f && (b[1] & 0xf0) == 0x80))
+        return BRANCH_JUMP;
+    if (in->id != X86_INS_CALL)
+        return BRANCH_NONE;
+    cr_assert(in->size == 5 && b[0] == 0xe8, "call rel32 (E8), not %s %s", in->mnemonic,
+              in->op_str);
+    return BRANCH_CALL;
+}
+
+/* Capstone decodes int3. */
+static size_t undecoded_trap(const uint8_t *p, size_t left)
+{
+    (void)p, (void)left;
+    return 0;
+}
+
+/* jmp qword [rip + 0] and the absolute address after it. */
+static bool veneer_target(uintptr_t at, uintptr_t chunk_hi, uintptr_t *target)
+{
+    static const uint8_t jmp_rip0[6] = {0xff, 0x25, 0, 0, 0, 0};
+    if (at + 14 > chunk_hi || memcmp((const void *)at, jmp_rip0, 6) != 0)
+        return false;
+    memcpy(target, (const uint8_t *)at + 6, sizeof *target);
+    return true;
+}
+
+#elif defined(__aarch64__)
+
+#define CS_ARCH CS_ARCH_ARM64
+#define CS_MODE CS_MODE_ARM
+
+static uint32_t insn_word(const cs_insn *in)
+{
+    uint32_t w;
+    memcpy(&w, in->bytes, sizeof w);
+    return w;
+}
+
+/* A signed field of bits [lo, lo + bits) of w, in instructions, as a byte displacement. */
+static int64_t a64_disp(uint32_t w, unsigned lo, unsigned bits)
+{
+    int64_t v = (int64_t)((w >> lo) & ((1u << bits) - 1));
+    if (v & ((int64_t)1 << (bits - 1)))
+        v -= (int64_t)1 << bits;
+    return v * 4;
+}
+
+/* br, blr (and ret, which is allowed: the functions return). */
+static bool indirect_branch(const cs_insn *in)
+{
+    uint32_t w = insn_word(in) & 0xfffffc1f;
+    return w == 0xd61f0000 || w == 0xd63f0000;
+}
+
+/* b and bl (imm26), b.cond, cbz/cbnz (imm19), tbz/tbnz (imm14), all counted from themselves. */
+static enum branch direct_branch(const cs_insn *in, uintptr_t *target)
+{
+    uint32_t w = insn_word(in);
+    int64_t disp;
+    enum branch kind = BRANCH_JUMP;
+    if ((w & 0x7c000000) == 0x14000000) {
+        disp = a64_disp(w, 0, 26);
+        kind = w >> 31 ? BRANCH_CALL : BRANCH_JUMP;
+    } else if ((w & 0xff000010) == 0x54000000 || (w & 0x7e000000) == 0x34000000) {
+        disp = a64_disp(w, 5, 19);
+    } else if ((w & 0x7e000000) == 0x36000000) {
+        disp = a64_disp(w, 5, 14);
+    } else {
+        return BRANCH_NONE;
+    }
+    *target = (uintptr_t)((int64_t)in->address + disp);
+    return kind;
+}
+
+/* udf #0 (four zero bytes), which Capstone 4 does not decode: 4 when p holds one. */
+static size_t undecoded_trap(const uint8_t *p, size_t left)
+{
+    static const uint8_t udf0[4] = {0, 0, 0, 0};
+    return left >= 4 && memcmp(p, udf0, 4) == 0 ? 4 : 0;
+}
+
+/* ldr x16, #8; br x16; and the absolute address after them. */
+static bool veneer_target(uintptr_t at, uintptr_t chunk_hi, uintptr_t *target)
+{
+    static const uint32_t ldr_br[2] = {0x58000050, 0xd61f0200};
+    if (at + 16 > chunk_hi || memcmp((const void *)at, ldr_br, 8) != 0)
+        return false;
+    memcpy(target, (const uint8_t *)at + 8, sizeof *target);
+    return true;
+}
+
+#endif
+
 size_t check_calls(const struct json_schema *s)
 {
     const struct json_compiled *c = s->compiled;
@@ -549,45 +666,46 @@ size_t check_calls(const struct json_schema *s)
     uintptr_t chunk_lo = (uintptr_t)span.rx, chunk_hi = chunk_lo + span.size;
     csh cs;
     cs_insn *insn;
-    cr_assert_eq(cs_open(CS_ARCH_X86, CS_MODE_64, &cs), CS_ERR_OK);
-    size_t count = cs_disasm(cs, c->code, c->code_size, code, 0, &insn);
+    cr_assert_eq(cs_open(CS_ARCH, CS_MODE, &cs), CS_ERR_OK);
     size_t decoded = 0, veneers = 0;
-    for (size_t i = 0; i < count; i++) {
-        const cs_insn *in = &insn[i];
-        const uint8_t *b = in->bytes;
-        decoded += in->size;
-        cr_assert_neq(b[0], 0xff, "no indirect branch: %s %s", in->mnemonic, in->op_str);
-        int32_t rel;
-        memcpy(&rel, b + in->size - 4, sizeof rel);
-        uintptr_t target = (uintptr_t)(in->address + in->size + (int64_t)rel);
-        bool jump = b[0] == 0xe9 || (b[0] == 0x0f && (b[1] & 0xf0) == 0x80);
-        if (jump)
-            cr_assert(target >= code && target < code_end, "jumps stay in the code");
-        if (in->id != X86_INS_CALL)
-            continue;
-        cr_assert(in->size == 5 && b[0] == 0xe8, "call rel32 (E8), not %s %s", in->mnemonic,
-                  in->op_str);
-        if (target >= code_end && target < chunk_hi) {
-            /* A veneer: jmp qword [rip + 0] and the absolute address after it. */
-            const uint8_t *v = (const uint8_t *)target;
-            static const uint8_t jmp_rip0[6] = {0xff, 0x25, 0, 0, 0, 0};
-            cr_assert(target + 14 <= chunk_hi && memcmp(v, jmp_rip0, 6) == 0, "a veneer");
-            memcpy(&target, v + 6, sizeof target);
-            veneers++;
-        }
-        bool found = false;
-        for (size_t k = 0; k < nexpected; k++) {
-            if (expected[k].fn == (const void *)target) {
-                expected[k].called = found = true;
+    /* Capstone stops at what it cannot decode: traps it does not know (alignment padding of
+     * A64 code is udf #0) are stepped over, anything else ends the walk and fails below. */
+    for (;;) {
+        const uint8_t *at = (const uint8_t *)c->code + decoded;
+        size_t count = cs_disasm(cs, at, c->code_size - decoded, code + decoded, 0, &insn);
+        for (size_t i = 0; i < count; i++) {
+            const cs_insn *in = &insn[i];
+            decoded += in->size;
+            cr_assert(!indirect_branch(in), "no indirect branch: %s %s", in->mnemonic, in->op_str);
+            uintptr_t target;
+            enum branch kind = direct_branch(in, &target);
+            if (kind == BRANCH_JUMP)
+                cr_assert(target >= code && target < code_end, "jumps stay in the code");
+            if (kind != BRANCH_CALL)
+                continue;
+            if (target >= code_end && target < chunk_hi) {
+                cr_assert(veneer_target(target, chunk_hi, &target), "a veneer at %#lx",
+                          (unsigned long)target);
+                veneers++;
             }
+            bool found = false;
+            for (size_t k = 0; k < nexpected; k++) {
+                if (expected[k].fn == (const void *)target) {
+                    expected[k].called = found = true;
+                }
+            }
+            cr_assert(found, "the call at +%#lx goes to %#lx, no function this schema needs",
+                      (unsigned long)(in->address - code), (unsigned long)target);
+            cr_assert(target < chunk_lo || target >= chunk_hi || target == code ||
+                          target == (uintptr_t)c->array,
+                      "calls into its own chunk go to its own functions");
         }
-        cr_assert(found, "the call at +%#lx goes to %#lx, no function this schema needs",
-                  (unsigned long)(in->address - code), (unsigned long)target);
-        cr_assert(target < chunk_lo || target >= chunk_hi || target == code ||
-                      target == (uintptr_t)c->array,
-                  "calls into its own chunk go to its own functions");
+        cs_free(insn, count);
+        size_t pad = undecoded_trap((const uint8_t *)c->code + decoded, c->code_size - decoded);
+        if (pad == 0)
+            break;
+        decoded += pad;
     }
-    cs_free(insn, count);
     cs_close(&cs);
     cr_assert_eq(decoded, c->code_size, "every byte of the code decodes (%zu of %zu)", decoded,
                  c->code_size);

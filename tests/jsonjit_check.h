@@ -46,10 +46,11 @@ void check_object(const struct json_schema *s, const void *obj, size_t jit_cap);
 /* The same for an array of n structs. */
 void check_array(const struct json_schema *s, const void *objs, size_t n, size_t jit_cap);
 
-/* Disassembles the compiled code of s with Capstone and asserts that every call is an E8 rel32
- * to one of the functions this schema needs (a helper, a nested schema's code, its own object
- * function), directly or through a veneer in its chunk, that each of those is called, and that
- * no branch is indirect. Returns the number of calls that went through a veneer. */
+/* Disassembles the compiled code of s with Capstone and asserts that every call is the direct one
+ * (x86-64 E8 rel32, A64 bl) to one of the functions this schema needs (a helper, a nested schema's
+ * code, its own object function), directly or through a veneer in its chunk, that each of those is
+ * called, and that no branch is indirect. Returns the number of calls that went through a veneer.
+ */
 size_t check_calls(const struct json_schema *s);
 
 #endif

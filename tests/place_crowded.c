@@ -1,9 +1,10 @@
 /*
  * Placement in a crowded address space. Each test stages a scene in a free area: a fake target,
- * a small reach (64 MiB, so that crowding the window is cheap), and the window filled with
- * mappings of mixed sizes, some of them only partly inside the window. Placement must find the
- * one gap left, never use a gap that is partly out of reach, never disturb a mapping, and when
- * nothing fits fail with ENOMEM leaving nothing behind.
+ * a small reach (64 MiB on x86-64, so that crowding the window is cheap; on aarch64 the
+ * architecture's own +-128 MiB of bl, asked for with reach 0, which is as cheap), and the window
+ * filled with mappings of mixed sizes, some of them only partly inside the window. Placement must
+ * find the one gap left, never use a gap that is partly out of reach, never disturb a mapping,
+ * and when nothing fits fail with ENOMEM leaving nothing behind.
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -14,7 +15,8 @@
 
 #include "place_helpers.h"
 
-#define REACH      (64 * MiB)
+#define REACH      (TEST_CALL_REACH <= 128 * MiB ? TEST_CALL_REACH : 64 * MiB)
+#define OPTS_REACH (REACH == TEST_CALL_REACH ? 0 : REACH) /* 0: the architecture's */
 #define CACHE_SIZE (1 * MiB)
 
 struct scene {
@@ -47,7 +49,7 @@ static void scene_staged(void)
 static struct code_cache *scene_create(void)
 {
     struct code_cache_options opts = {
-        .near = (const void *)scene.target, .size = CACHE_SIZE, .reach = REACH};
+        .near = (const void *)scene.target, .size = CACHE_SIZE, .reach = OPTS_REACH};
     return code_cache_create(&opts);
 }
 

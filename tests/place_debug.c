@@ -64,8 +64,8 @@ Test(place_debug, a_placement_reports_its_window_and_result)
     struct test_region r = test_cache_region(cache);
     uintptr_t t = (uintptr_t)place_debug_helper;
     char expected[128];
-    snprintf(expected, sizeof expected, "near [%#lx, %#lx), reach 0x80000000: window [",
-             (unsigned long)t, (unsigned long)(t + 1));
+    snprintf(expected, sizeof expected, "near [%#lx, %#lx), reach %#zx: window [", (unsigned long)t,
+             (unsigned long)(t + 1), TEST_CALL_REACH);
     cr_assert(strstr(text, expected) != NULL, "no window line like \"%s\" in:\n%s", expected, text);
     snprintf(expected, sizeof expected, "claimed [%#lx, %#lx)", (unsigned long)r.lo,
              (unsigned long)r.hi);

@@ -71,8 +71,14 @@ uintptr_t test_unreachable_below(uintptr_t hi, size_t reach)
 
 uintptr_t test_free_area(size_t len)
 {
-    static const uintptr_t candidates[] = {0x300000000000, 0x280000000000, 0x340000000000,
-                                           0x220000000000};
+    /* 3/8, 5/16, 13/32 and 17/64 of the way up the user address space: on x86-64 0x300000000000,
+     * 0x280000000000, 0x340000000000 and 0x220000000000. */
+    static const unsigned sixty_fourths[] = {24, 20, 26, 17};
+    const unsigned bits = 64u - (unsigned)__builtin_clzl(TEST_USER_TOP - 1);
+    const uintptr_t step = ((uintptr_t)1 << bits) / 64;
+    uintptr_t candidates[sizeof sixty_fourths / sizeof sixty_fourths[0]];
+    for (size_t i = 0; i < sizeof candidates / sizeof candidates[0]; i++)
+        candidates[i] = sixty_fourths[i] * step;
     for (size_t i = 0; i < sizeof candidates / sizeof candidates[0]; i++) {
         void *p = mmap((void *)candidates[i], len, PROT_NONE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);

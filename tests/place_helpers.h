@@ -16,8 +16,8 @@
 #define MiB ((size_t)1 << 20)
 #define GiB ((size_t)1 << 30)
 
-/* The first address above the x86-64 user address space (4-level paging), as the kernel has it. */
-#define TEST_USER_TOP (((uintptr_t)1 << 47) - 4096)
+/* The first address above the user address space, measured at run time (helpers.h). */
+#define TEST_USER_TOP test_user_top()
 
 /* vm.mmap_min_addr, read here independently of the library. */
 uintptr_t test_mmap_min_addr(void);

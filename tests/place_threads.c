@@ -114,7 +114,7 @@ static __attribute__((noinline, used)) int place_threads_helper(int x)
 
 Test(place_threads, near_the_same_function_with_the_default_reach)
 {
-    run_workers((const void *)place_threads_helper, 2 * GiB, 1 * MiB);
+    run_workers((const void *)place_threads_helper, TEST_CALL_REACH, 1 * MiB);
 }
 
 Test(place_threads, in_a_tight_window_where_threads_collide)

@@ -297,7 +297,8 @@ Test(races, seals_and_allocations_racing_resets_keep_the_cache_consistent)
     struct racer r = {.cache = cache, .far = far};
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, racer_thread, &r), 0);
-    const int resets = test_under_valgrind() ? 100 : 2000;
+    /* Fewer under valgrind, and in an emulator, where reading the maps (check_no_wx) is slow. */
+    const int resets = test_under_valgrind() ? 100 : test_under_emulator() ? 200 : 2000;
     for (int i = 0; i < resets; i++) {
         cr_assert_eq(code_cache_reset(cache), 0);
         check_no_wx(cache);

@@ -104,8 +104,13 @@ static bool add_chunk(struct world *w)
 
     int want = 1 + (int)random_below(w, MAX_FNS);
     for (int j = 0; j < want; j++) {
-        size_t align = (size_t)1 << random_below(w, 7); /* 1 to 64 */
-        size_t fsize = 6 + random_below(w, size / (size_t)want > 6 ? size / (size_t)want - 5 : 1);
+        size_t align = (size_t)1 << random_below(w, 7); /* 1 to 64, whole instructions */
+        if (align < TEST_INSN_ALIGN)
+            align = TEST_INSN_ALIGN;
+        const size_t share = size / (size_t)want;
+        size_t fsize = TEST_INSN_ROUND(
+            TEST_RETURN_SIZE +
+            random_below(w, share > TEST_RETURN_SIZE ? share - TEST_RETURN_SIZE + 1 : 1));
         struct code_span fspan = code_chunk_alloc(chunk, fsize, align);
         if (fspan.rw == NULL) {
             cr_assert_eq(errno, ENOSPC);
@@ -192,7 +197,7 @@ Test(small_functions, thousands_allocated_sealed_called_freed_and_reused_at_rand
     for (size_t i = w->nstale; i-- > 0 && stale_calls < 3;) {
         if (code_cache_find(w->cache, (const void *)w->stale[i]) != NULL)
             continue; /* reused: it is some live function's code now */
-        expect_child_fault(w->dual ? SIGTRAP : SIGSEGV, (const void *)w->stale[i],
+        expect_child_fault(w->dual ? TEST_TRAP_SIGNAL : SIGSEGV, (const void *)w->stale[i],
                            (const char *)w->stale[i] + 1, run_stale, (void *)w->stale[i]);
         stale_calls++;
     }
@@ -238,9 +243,9 @@ Test(small_functions, a_stale_function_pointer_faults)
     }
     for (int i = 0; i < N; i += 2)
         cr_assert_eq(fn[i](), i, "a live neighbour of freed code");
-    const int sig = dual ? SIGTRAP : SIGSEGV;
+    const int sig = dual ? TEST_TRAP_SIGNAL : SIGSEGV;
     expect_child_fault(sig, (const void *)fn[7], (const char *)fn[7] + 1, run_stale, (void *)fn[7]);
-    const char *middle = (const char *)fn[N - 1] + 3;
+    const char *middle = (const char *)fn[N - 1] + TEST_INSN_ROUND(TEST_RETURN_SIZE / 2);
     expect_child_fault(sig, middle, middle + 1, run_stale, (void *)middle);
     check_maps(cache);
     code_cache_destroy(cache);

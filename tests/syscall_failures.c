@@ -594,9 +594,15 @@ static void sweep_scenario(void)
 static void sweep(enum fault_call call, int err, bool used)
 {
     /* Once, so that what the library does once per process (reads vm.mmap_min_addr, probes
-     * PROT_EXEC and remembers the yes) is done, and the counting run below makes the same calls
-     * as every rerun. tests/exec_probe.c makes the probe itself fail. */
-    code_cache_destroy(test_cache_near_helper(PAGE));
+     * PROT_EXEC and remembers the yes, and at the first commit of a dual cache probes whether
+     * instruction fetch sees the RW view, which under an emulator maps the RX view again) is
+     * done, and the counting run below makes the same calls as every rerun. tests/exec_probe.c
+     * makes the exec probe itself fail. */
+    struct code_cache *warm = test_cache_near_helper(PAGE);
+    struct code_chunk *first = code_cache_alloc(warm, PAGE);
+    cr_assert_not_null(first, "code_cache_alloc: %s", strerror(errno));
+    code_chunk_free(first);
+    code_cache_destroy(warm);
     injected_err = 0;
     injected_call = FAULT_KINDS;
     snprintf(context, sizeof context, "%s, %s, counting run", test_backend_name(),

@@ -134,11 +134,11 @@ static void *churn(void *arg)
         for (int j = 0; j < FUNCTIONS; j++)
             if (fns[j] != NULL && fns[j]() != expect[j])
                 fail(sh, "thread %d round %d: function %d returned the wrong value", w->id, r, j);
-        /* Patch the value function 1 returns (its mov eax, imm32 lies in one aligned 8-byte
-         * word: an atomic store), while others run code on the same page. */
+        /* Patch the value function 1 returns (its constant lies in one aligned 8-byte word: an
+         * atomic store), while others run code on the same page. */
         if (fns[1] != NULL) {
             int patched = expect[1] ^ 0x5a5a5a;
-            int rc = code_chunk_patch(chunk, (char *)fns[1] + 1, &patched, sizeof patched);
+            int rc = test_patch_return(chunk, fns[1], patched);
             if (sh->can_patch && rc != 0)
                 fail(sh, "thread %d round %d: patch: %s", w->id, r, strerror(errno));
             else if (!sh->can_patch && (rc != -1 || errno != ENOTSUP))
