@@ -3,7 +3,7 @@
  * the model itself, under valgrind: first every input of the fuzzing corpus and every saved
  * regression (tests/fuzz/corpus, tests/fuzz/regressions), then long random sequences.
  *
- *   model_random                      the corpus, the regressions, then 4 sequences of 250 calls
+ *   model_random                      the corpus, the regressions, then 3 sequences of 200 calls
  *   model_random SEED OPS [COUNT]     COUNT sequences of OPS operations from SEED (reproduce one
  *                                     with the seed printed by a failure, and MODEL_TRACE=1)
  *   model_random FILE...              replay fuzzer inputs (a crash libFuzzer saved)
@@ -97,8 +97,8 @@ int main(int argc, char **argv)
         snprintf(dir, sizeof dir, "%s/tests/fuzz/regressions", srcdir ? srcdir : ".");
         files += run_dir(dir);
         fprintf(stderr, "model_random: %u corpus and regression inputs replayed\n", files);
-        for (uint64_t seed = 1; seed <= 4; seed++)
-            run_seed(seed, 250);
+        for (uint64_t seed = 1; seed <= 3; seed++)
+            run_seed(seed, 200);
     }
     printf("model_random: %llu operations, %llu library calls, every one checked\n",
            (unsigned long long)total_ops, (unsigned long long)total_calls);

@@ -286,8 +286,13 @@ void check_find_rw_view(struct model *m, struct mcache *c)
     unsigned n = 0;
     for (size_t i = 0; i < maps.n; i++) {
         const struct proc_mapping *x = &maps.v[i];
+        /* The view: the whole file, shared, between two inaccessible guard pages, of a file
+         * that is deleted (memfd, O_TMPFILE). */
         if (x->hi - x->lo != c->reserved || x->prot[3] != 's' || x->offset != 0 ||
-            x->prot[2] == 'x')
+            x->prot[2] == 'x' || strstr(x->path, "(deleted)") == NULL || i == 0 ||
+            i + 1 == maps.n || maps.v[i - 1].hi != x->lo || maps.v[i + 1].lo != x->hi ||
+            strncmp(maps.v[i - 1].prot, "---", 3) != 0 ||
+            strncmp(maps.v[i + 1].prot, "---", 3) != 0)
             continue;
         bool other = false;
         for (unsigned s = 0; s < MODEL_SLOTS; s++)
