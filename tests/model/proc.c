@@ -207,6 +207,26 @@ size_t proc_open_fds(void)
     return n - 1; /* the directory's own descriptor */
 }
 
+size_t proc_file_fds(void)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    if (dir == NULL)
+        return 0;
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL) {
+        char path[64], target[256];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t len = readlink(path, target, sizeof target - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        n += strstr(target, "(deleted)") != NULL || strncmp(target, "/memfd:", 7) == 0;
+    }
+    closedir(dir);
+    return n;
+}
+
 static size_t proc_status_kib(const char *key)
 {
     char *text = proc_read_file("/proc/self/status", NULL);

@@ -47,6 +47,10 @@ bool proc_smaps_vmflags(uintptr_t addr, char *flags, size_t size);
 /* Entries of /proc/self/fd, the descriptor of the directory itself excluded. */
 size_t proc_open_fds(void);
 
+/* Descriptors of deleted files (memfd_create, O_TMPFILE: what the dual backend holds), a
+ * count that sanitizer runtimes opening pipes for their reports do not change. */
+size_t proc_file_fds(void);
+
 /* VmRSS of /proc/self/status, in KiB (0 when unknown). */
 size_t proc_rss_kib(void);
 
