@@ -215,7 +215,7 @@ size_t proc_file_fds(void)
     size_t n = 0;
     struct dirent *e;
     while ((e = readdir(dir)) != NULL) {
-        char path[64], target[256];
+        char path[300], target[256];
         snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
         ssize_t len = readlink(path, target, sizeof target - 1);
         if (len <= 0)
