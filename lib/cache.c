@@ -548,48 +548,57 @@ fail:
  */
 static void cache_release_ready(struct code_cache *cache)
 {
+    /* Runs are gathered a bounded number at a time (the array is on the stack), pass after pass,
+     * each pass resuming where the previous one stopped, until the bump pointer is reached: the
+     * lock is dropped while a pass releases, so the index is read afresh each time. */
     enum { MAX_RUNS = 64 };
     struct release_run {
         size_t start, end;
     } runs[MAX_RUNS];
-    size_t nruns = 0, a, b;
     const size_t pg = cache->page_granules;
     struct spans *s = &cache->spans;
-    for (size_t i = 0; nruns < MAX_RUNS && spans_next_run(s, SPANS_READY, i, cache->bump, &a, &b);
-         i = b) {
-        size_t start = align_up(a, pg), end = align_down(b, pg);
-        if (start < end)
-            runs[nruns++] = (struct release_run){start, end};
-    }
-    for (size_t i = 0; i < nruns; i++) {
-        spans_take(s, runs[i].start, runs[i].end - runs[i].start);
-        cache->free_granules -= runs[i].end - runs[i].start;
-    }
+    size_t given_back = 0, passes = 0, resume = 0, a, b;
     cache->in_flight++;
-    pthread_mutex_unlock(&cache->lock);
-    bool released[MAX_RUNS], discarded[MAX_RUNS];
-    for (size_t i = 0; i < nruns; i++)
-        released[i] = cache->wx->release(cache, runs[i].start << cache->granule_shift,
-                                         (runs[i].end - runs[i].start) << cache->granule_shift,
-                                         &discarded[i]) == 0;
-    pthread_mutex_lock(&cache->lock);
-    size_t given_back = 0;
-    for (size_t i = 0; i < nruns; i++) {
-        size_t len = runs[i].end - runs[i].start;
-        /* A run that could not be released is still committed and trapped: ready as before. */
-        spans_put(s, runs[i].start, len, released[i], released[i] && !discarded[i]);
-        cache->free_granules += len;
-        if (released[i]) {
-            cache->cold_granules += len;
-            given_back += len;
+    for (;;) {
+        size_t nruns = 0;
+        for (; nruns < MAX_RUNS && spans_next_run(s, SPANS_READY, resume, cache->bump, &a, &b);
+             resume = b) {
+            size_t start = align_up(a, pg), end = align_down(b, pg);
+            if (start < end)
+                runs[nruns++] = (struct release_run){start, end};
+        }
+        if (nruns == 0)
+            break;
+        passes++;
+        for (size_t i = 0; i < nruns; i++) {
+            spans_take(s, runs[i].start, runs[i].end - runs[i].start);
+            cache->free_granules -= runs[i].end - runs[i].start;
+        }
+        pthread_mutex_unlock(&cache->lock);
+        bool released[MAX_RUNS], discarded[MAX_RUNS];
+        for (size_t i = 0; i < nruns; i++)
+            released[i] = cache->wx->release(cache, runs[i].start << cache->granule_shift,
+                                             (runs[i].end - runs[i].start) << cache->granule_shift,
+                                             &discarded[i]) == 0;
+        pthread_mutex_lock(&cache->lock);
+        for (size_t i = 0; i < nruns; i++) {
+            size_t len = runs[i].end - runs[i].start;
+            /* A run that could not be released is still committed and trapped: ready as
+             * before. */
+            spans_put(s, runs[i].start, len, released[i], released[i] && !discarded[i]);
+            cache->free_granules += len;
+            if (released[i]) {
+                cache->cold_granules += len;
+                given_back += len;
+            }
         }
     }
     /* Fragmented free space may hold few whole pages: do not rescan at every free for them. */
     cache->release_due =
         cache->free_granules - cache->cold_granules + (CACHE_READY_MAX >> cache->granule_shift);
     if (given_back > 0)
-        debug_log("free: %zu free bytes given back to the system in %zu run(s)",
-                  given_back << cache->granule_shift, nruns);
+        debug_log("free: %zu free bytes given back to the system in %zu pass(es)",
+                  given_back << cache->granule_shift, passes);
     cache_end_outside(cache);
 }
 

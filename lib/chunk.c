@@ -32,6 +32,8 @@
 
 #include "internal.h"
 
+_Static_assert(sizeof(struct code_chunk) == 56, "a chunk record is 56 bytes (documented)");
+
 #define CHUNK_QUARANTINE   64
 #define CHUNK_RECORDS_BASE 6 /* 64 records in the first slab */
 
@@ -242,6 +244,7 @@ struct code_span code_chunk_reserve(struct code_chunk *chunk, size_t align)
         return span;
     }
     chunk->reserve = (uint32_t)offset + 1;
+    chunk->reserve_veneers = 0;
     struct code_span whole = chunk_whole(chunk);
     return (struct code_span){(char *)whole.rw + offset, (char *)whole.rx + offset,
                               chunk->veneer_floor - offset};
@@ -259,6 +262,12 @@ int code_chunk_commit(struct code_chunk *chunk, size_t used)
         return -1;
     }
     uint32_t offset = chunk->reserve - 1;
+    size_t reserved =
+        chunk->veneer_floor - offset + (size_t)chunk->reserve_veneers * arch_veneer_size;
+    if (used > reserved) {
+        errno = EINVAL;
+        return -1;
+    }
     /* Veneers placed during the reservation took its top: code reaching into them overwrote
      * them. */
     if (used > chunk->veneer_floor - offset) {
@@ -469,6 +478,8 @@ static const void *chunk_veneer(struct code_chunk *chunk, uintptr_t lo, uintptr_
     /* veneer_floor starts at the chunk's size, a granule multiple, and moves by whole veneers,
      * so every veneer keeps the alignment of arch_veneer_size. */
     chunk->veneer_floor = floor;
+    if (chunk->reserve != 0 && chunk->reserve_veneers < UINT16_MAX)
+        chunk->reserve_veneers++;
     arch_write_veneer((char *)rw + floor, (const void *)(lo + floor), target);
     v->entry[v->count].target = target;
     v->entry[v->count].offset = floor;

@@ -59,14 +59,15 @@ struct veneers; /* chunk.c */
  */
 struct code_chunk {
     struct code_cache *cache;
-    uint64_t extent;       /* first granule << 32 | granules; atomic (code_cache_find) */
-    uint32_t used;         /* bytes claimed from the low end */
-    uint32_t veneer_floor; /* veneers occupy [veneer_floor, size) */
-    uint32_t reserve;      /* the outstanding reservation's first byte + 1, or 0 */
-    uint32_t id;           /* index in cache->records */
-    uint32_t fifo_next;    /* recycled FIFO: the next record's id + 1, or 0 */
-    uint8_t state;         /* enum chunk_state; atomic */
-    uint8_t frozen_from;   /* code_cache_reset: the state before it froze the chunk */
+    uint64_t extent;          /* first granule << 32 | granules; atomic (code_cache_find) */
+    uint32_t used;            /* bytes claimed from the low end */
+    uint32_t veneer_floor;    /* veneers occupy [veneer_floor, size) */
+    uint32_t reserve;         /* the outstanding reservation's first byte + 1, or 0 */
+    uint32_t id;              /* index in cache->records */
+    uint32_t fifo_next;       /* recycled FIFO: the next record's id + 1, or 0 */
+    uint8_t state;            /* enum chunk_state; atomic */
+    uint8_t frozen_from;      /* code_cache_reset: the state before it froze the chunk */
+    uint16_t reserve_veneers; /* veneers placed since the reservation began */
     struct veneers *veneers;
     void *debug_names; /* names for profilers and debuggers, or NULL */
 };

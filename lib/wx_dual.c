@@ -25,7 +25,8 @@
 #include "place.h"
 
 /* The shared file: the first source that yields an executable mapping. */
-static int dual_try_file(struct code_cache *cache, int fd, const char *source, bool *exec_denied)
+static int dual_try_file(struct code_cache *cache, int fd, const char *source, bool sealable,
+                         bool *exec_denied)
 {
     if (fd < 0)
         return -1;
@@ -45,9 +46,11 @@ static int dual_try_file(struct code_cache *cache, int fd, const char *source, b
     wx_count_syscall(cache);
     os_release(trial, os_page_size);
     /* Nobody, ourselves included, may shrink the file under the mappings: a page beyond its end
-     * would raise SIGBUS. Only memfds take seals; a tmpfile refuses with EINVAL, which is fine. */
+     * would raise SIGBUS. Only memfds made with MFD_ALLOW_SEALING take seals: a tmpfile refuses
+     * with EINVAL (ext4) or EPERM (tmpfs files are born with F_SEAL_SEAL). An unlinked tmpfile is
+     * reachable only through our descriptor, which is the protection it gets. */
     wx_count_syscall(cache);
-    if (os_seal_shrink(fd) != 0 && errno != EINVAL)
+    if (os_seal_shrink(fd) != 0 && (sealable || (errno != EINVAL && errno != EPERM)))
         goto fail;
     cache->dual_file = source;
     return 0;
@@ -72,16 +75,16 @@ static int dual_open_file(struct code_cache *cache)
         wx_count_syscall(cache);
         fd = os_memfd(false);
     }
-    if (dual_try_file(cache, fd, "memfd", &exec_denied) == 0)
+    if (dual_try_file(cache, fd, "memfd", true, &exec_denied) == 0)
         return 0;
     int first_errno = errno;
     wx_count_syscall(cache);
-    if (dual_try_file(cache, os_tmpfile("/dev/shm"), "/dev/shm", &exec_denied) == 0)
+    if (dual_try_file(cache, os_tmpfile("/dev/shm"), "/dev/shm", false, &exec_denied) == 0)
         return 0;
     const char *tmpdir = getenv("TMPDIR");
     wx_count_syscall(cache);
     if (dual_try_file(cache, os_tmpfile(tmpdir != NULL && *tmpdir ? tmpdir : "/tmp"), "$TMPDIR",
-                      &exec_denied) == 0)
+                      false, &exec_denied) == 0)
         return 0;
     /* No file can hold code: say why in the terms of the API. Refused PROT_EXEC anywhere means
      * executable memory is denied; otherwise the first source's reason (ENOSYS, EMFILE...). */
