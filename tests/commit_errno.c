@@ -1,10 +1,9 @@
 /*
- * Regression test for a library bug found by the model (tests/model): code_chunk_commit with
- * `used` larger than the whole reservation, no veneer placed meanwhile, fails with ENOSPC, while
+ * Regression test for a library bug the model found (tests/model): code_chunk_commit with `used`
+ * larger than the whole reservation, no veneer placed meanwhile, failed with ENOSPC, while
  * code_cache.h documents EINVAL for "used larger than the reservation" and keeps ENOSPC for "the
- * used bytes reach into a veneer placed during the reservation" (lib/chunk.c, code_chunk_commit:
- * the one check `used > veneer_floor - offset` answers both). Listed in XFAIL_TESTS until the
- * library is fixed; then it passes, make check reports XPASS, and it leaves XFAIL_TESTS.
+ * used bytes reach into a veneer placed during the reservation" (lib/chunk.c, code_chunk_commit
+ * answered both with one check). Fixed in 94720d6.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -30,12 +29,12 @@ static void commit_too_much(unsigned flags)
     code_cache_destroy(cache);
 }
 
-Test(bug_commit_errno, used_beyond_the_reservation_is_EINVAL_mprotect)
+Test(commit_errno, used_beyond_the_reservation_is_EINVAL_mprotect)
 {
     commit_too_much(0);
 }
 
-Test(bug_commit_errno, used_beyond_the_reservation_is_EINVAL_dual)
+Test(commit_errno, used_beyond_the_reservation_is_EINVAL_dual)
 {
     commit_too_much(CODE_CACHE_DUAL_MAP);
 }
