@@ -6,8 +6,9 @@
  *   - No [vsyscall] line (kernels built without it, other architectures): the gap above the last
  *     mapping, up to the top of the user address space, must still be found. A cache is placed
  *     near the top of the address space with a reach that leaves it no other gap.
- *   - Lines split across read(2) calls: each read returns at most a few bytes (1, 7, 37, 64), so
- *     lines arrive in pieces; the placement must be exactly the one made with whole reads.
+ *   - Lines split across read(2) calls: each read returns at most a few bytes (1 to 333), so
+ *     lines arrive in pieces; the placement must be exactly the one made with whole reads, found
+ *     at the first try, next to a comb of small mappings where any garbled line shows.
  *
  * CODE_CACHE_NO_RANDOM=1: no random probes, the map is always read, and the base picked is the
  * nearest fitting one, the same for the same map.
@@ -177,20 +178,60 @@ Test(maps_edges, the_gap_above_the_last_mapping_is_found_without_a_vsyscall_line
     code_cache_destroy(cache);
 }
 
-/* The base a near placement picks with reads capped at cap bytes (0: whole reads). */
-static uintptr_t placed_with_reads_of(size_t cap)
+/* mmap calls of the library, counted. */
+static unsigned library_mmaps;
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-    struct code_cache_options opts = {.size = 64 * PAGE, .near = (const void *)helper_triple};
+    if (test_called_from_library(__builtin_return_address(0)))
+        library_mmaps++;
+    return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+}
+
+/* A comb of 64 one-page mappings with a one-page hole after each, around a free spot: no hole
+ * fits a cache of one page and its two guard pages, so placement must go outside the comb. A
+ * reader that loses or garbles one of its lines sees a hole that fits, picks it (nearest to a
+ * target in the comb's middle), and the kernel refuses it: more than one mmap. */
+static uintptr_t comb_make(void)
+{
+    const size_t page = PAGE, teeth = 64;
+    void *room = mmap(NULL, 4 * teeth * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert(room != MAP_FAILED);
+    munmap(room, 4 * teeth * page);
+    uintptr_t comb = (uintptr_t)room + teeth * page;
+    for (size_t i = 0; i < teeth; i++)
+        cr_assert(mmap((void *)(comb + 2 * i * page), page, PROT_NONE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) != MAP_FAILED);
+    return comb;
+}
+
+static void comb_remove(uintptr_t comb)
+{
+    for (size_t i = 0; i < 64; i++)
+        munmap((void *)(comb + 2 * i * PAGE), PAGE);
+}
+
+/* The base a placement near the comb's middle picks with reads capped at cap bytes (0: whole
+ * reads); it must take exactly one mmap (no probes in nearest mode: the scan's pick, claimed). */
+static uintptr_t placed_with_reads_of(uintptr_t comb, size_t cap)
+{
+    struct code_cache_options opts = {.size = PAGE, .near = (const void *)(comb + 63 * PAGE)};
     serve.cap = cap;
     serve.opens = serve.reads = 0;
     serve.bytes = 0;
+    library_mmaps = 0;
     struct code_cache *cache = code_cache_create(&opts);
     cr_assert_not_null(cache, "create with reads of %zu bytes: %s", cap, strerror(errno));
     cr_assert_geq(serve.opens, 1, "the map was not read");
     if (cap != 0)
         cr_assert_geq(serve.reads, serve.bytes / cap, "reads were not capped");
+    cr_assert_eq(library_mmaps, 1,
+                 "reads of %zu bytes: %u mmaps: the scan picked a spot that was not free", cap,
+                 library_mmaps);
     struct code_cache_stats st;
     code_cache_get_stats(cache, &st);
+    cr_assert(st.base + st.reserved + PAGE <= comb || st.base - PAGE >= comb + 127 * PAGE,
+              "the cache at %#lx is inside the comb", (unsigned long)st.base);
     check_maps(cache);
     code_cache_destroy(cache);
     return st.base;
@@ -198,12 +239,14 @@ static uintptr_t placed_with_reads_of(size_t cap)
 
 Test(maps_edges, lines_split_across_reads_are_parsed_whole)
 {
+    uintptr_t comb = comb_make();
     /* The first create makes the cache's jemalloc arena, which changes the map; after it, the
      * map is the same before every create. */
-    placed_with_reads_of(0);
-    const uintptr_t whole = placed_with_reads_of(0);
-    static const size_t caps[] = {1, 7, 37, 64};
+    placed_with_reads_of(comb, 0);
+    const uintptr_t whole = placed_with_reads_of(comb, 0);
+    static const size_t caps[] = {1, 7, 37, 64, 100, 333};
     for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
-        cr_assert_eq(placed_with_reads_of(caps[i]), whole,
+        cr_assert_eq(placed_with_reads_of(comb, caps[i]), whole,
                      "reads of %zu bytes: the placement differs from whole reads'", caps[i]);
+    comb_remove(comb);
 }

@@ -1591,6 +1591,7 @@ static void resync(struct model *m)
         struct code_cache_stats st;
         code_cache_get_stats(c->h, &st);
         c->bump = c->reserved - st.never_used;
+        c->harden_lost |= c->harden;
         size_t known = 0;
         for (unsigned i = 0; i < c->nretired; i++)
             known += c->retired[i].size;

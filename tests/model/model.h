@@ -85,6 +85,9 @@ struct model_config {
      * predicting it. */
     unsigned (*failures)(void);
     int fault_errno;
+    /* munmap is made to fail: what the library could not unmap (a trial mapping of its file, a
+     * reservation it gave up) stays mapped. The model unmaps it instead of failing. */
+    bool munmap_faults;
     /* Fewer checks of memory content (valgrind: the full ones cost milliseconds each). */
     bool light;
 };

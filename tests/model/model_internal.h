@@ -102,6 +102,8 @@ struct mcache {
      * was being committed again): exact placement and accounting are off until a reset. */
     bool tainted;
     bool content_due; /* check ready and ahead memory at the next check */
+    /* CODE_CACHE_DUAL_HARDEN: an injected mprotect failure may have left a full page writable. */
+    bool harden_lost;
 };
 
 struct model {
