@@ -97,12 +97,24 @@ struct code_span {
  * code region or in the chunk records, and it is not derived from the code's address. */
 #define CODE_CACHE_DUAL_HARDEN 0x4u
 
+/* aarch64 with Branch Target Identification (Armv8.5 BTI): the code pages are guarded
+ * (PROT_BTI), as a BTI-enabled program's own text is. An indirect branch into the cache must then
+ * land on a landing pad: "bti c" (or paciasp/pacibsp) at every entry called through a pointer
+ * (blr) or reached with br x16/x17, "bti j" at targets of other br; direct branches (b, bl,
+ * b.cond) and returns need none, and the library's veneers are entered with bl. Without this flag
+ * the cache's pages are not guarded, so entries need no landing pads even in a BTI process.
+ * EINVAL on other architectures, and where the kernel or the CPU has no BTI: the guard is never
+ * silently dropped. */
+#define CODE_CACHE_BTI 0x8u
+
 /* Options for code_cache_create. All zero means: a 64 MiB cache anywhere, mprotect backend. */
 struct code_cache_options {
     size_t size;      /* address space to reserve, rounded up to pages; 0 = 64 MiB */
     const void *near; /* every byte of the cache must reach this address, or NULL */
-    size_t reach;     /* 0 = the architecture's direct-branch reach (x86-64: 2 GiB) */
-    unsigned flags;   /* CODE_CACHE_NEAR_OBJECT, CODE_CACHE_DUAL_MAP, CODE_CACHE_DUAL_HARDEN */
+    size_t reach;     /* 0 = the architecture's direct-branch reach (x86-64 rel32: 2 GiB,
+                         aarch64 bl/b imm26: 128 MiB) */
+    unsigned flags;   /* CODE_CACHE_NEAR_OBJECT, CODE_CACHE_DUAL_MAP, CODE_CACHE_DUAL_HARDEN,
+                         CODE_CACHE_BTI */
 };
 
 /* Counters of one cache; a consistent snapshot taken under the cache's lock. */
@@ -145,12 +157,12 @@ struct code_cache_stats {
 
 /* Reserves a cache within reach of opts->near (NULL opts: all defaults) and checks, with one
  * cheap probe, that the system allows executable memory. Returns NULL and sets errno: EINVAL
- * (unknown flag, DUAL_HARDEN without DUAL_MAP, reach larger than the architecture's, size that
- * cannot fit in the reach window, NEAR_OBJECT without near or with an address in no loaded
- * object), ERANGE (the window, clipped to the user address space, is smaller than size), ENOMEM
- * (no free gap within reach, or no memory for bookkeeping), EACCES (executable memory is denied:
- * SELinux execmem, PaX, seccomp, systemd MemoryDenyWriteExecute; choose an interpreter), or the
- * errno of a failing system call (EPERM, EAGAIN, EMFILE...). */
+ * (unknown flag, DUAL_HARDEN without DUAL_MAP, BTI where there is no BTI, reach larger than the
+ * architecture's, size that cannot fit in the reach window, NEAR_OBJECT without near or with an
+ * address in no loaded object), ERANGE (the window, clipped to the user address space, is smaller
+ * than size), ENOMEM (no free gap within reach, or no memory for bookkeeping), EACCES (executable
+ * memory is denied: SELinux execmem, PaX, seccomp, systemd MemoryDenyWriteExecute; choose an
+ * interpreter), or the errno of a failing system call (EPERM, EAGAIN, EMFILE...). */
 CODE_CACHE_API struct code_cache *code_cache_create(const struct code_cache_options *opts);
 
 /* Releases the whole region and every chunk, sealed or not. NULL is a no-op. Handles of the
@@ -167,8 +179,8 @@ CODE_CACHE_API void code_cache_destroy(struct code_cache *cache);
 CODE_CACHE_API int code_cache_reset(struct code_cache *cache);
 
 /* True when a direct branch placed anywhere in the cache reaches target, counted the way the
- * instruction counts it (x86-64 rel32: from the end of the instruction), within the reach the
- * cache was created with. False for a NULL cache. */
+ * instruction counts it (x86-64 rel32: from the end of the instruction; aarch64 bl/b: from the
+ * instruction itself), within the reach the cache was created with. False for a NULL cache. */
 CODE_CACHE_API bool code_cache_reaches(const struct code_cache *cache, const void *target);
 
 /* Fills *out with a snapshot of the cache's counters. Does nothing when either is NULL. */

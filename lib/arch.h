@@ -1,7 +1,7 @@
 /*
  * arch/<arch>.c: the instruction set. Everything that depends on it lives in one file per
  * architecture with this interface: the direct branch's reach and the rule it counts by, the
- * veneer, the trap, the instruction-cache flush.
+ * veneer, the trap, the instruction-cache flush and the synchronisation of other cores.
  */
 #ifndef CODE_CACHE_ARCH_H
 #define CODE_CACHE_ARCH_H
@@ -10,9 +10,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-extern const size_t arch_default_reach; /* direct branch reach: x86-64 rel32 = 2 GiB */
-extern const uintptr_t arch_user_top;   /* first address above the user address space */
+extern const size_t arch_default_reach; /* direct branch reach: x86-64 rel32 = 2 GiB,
+                                           aarch64 imm26 = 128 MiB */
 extern const size_t arch_veneer_size;   /* bytes of one veneer: CODE_CACHE_VENEER_SIZE */
+/* The protection bit that makes code pages guarded (aarch64 PROT_BTI), or 0 where there is none:
+ * CODE_CACHE_BTI is refused with EINVAL. */
+extern const int arch_prot_bti;
+/* First address above the user address space: a constant where the architecture fixes it,
+ * found by arch_init where the kernel's configuration decides (aarch64). */
+extern uintptr_t arch_user_top;
+
+/* What the architecture learns or sets up once per process (idempotent, thread-safe): called by
+ * code_cache_create before anything else reads this interface. */
+void arch_init(void);
 
 /*
  * The reach rule, in the instruction's own terms. A direct branch lying inside a range [lo, hi)
@@ -51,9 +61,16 @@ static inline bool reach_covers(uintptr_t lo, uintptr_t hi, uintptr_t tlo, uintp
 
 /* Fills len bytes written at rw, which run at rx, with trapping instructions. */
 void arch_fill_trap(void *rw, uintptr_t rx, size_t len);
+/* Writes at rw a function of no argument that returns value (at most arch_veneer_size bytes): the
+ * library's own check that instruction fetch sees what it writes (wx_dual.c). */
+void arch_write_return(void *rw, uint16_t value);
 /* Writes at rw a veneer that, run at rx, jumps to target from anywhere. */
 void arch_write_veneer(void *rw, const void *rx, const void *target);
 /* Makes code written (through any view) at [rx, rx + len) visible to instruction fetch. */
 void arch_flush_icache(void *rx, size_t len);
+/* After arch_flush_icache of code at addresses that other threads may already have run (a span
+ * reused after free or reset, a patch): makes every other core of the process resynchronise its
+ * instruction stream before it runs them again. Fresh memory never needs it. */
+void arch_sync_cores(void);
 
 #endif

@@ -36,7 +36,7 @@
 #include "place.h"
 
 static const unsigned known_flags =
-    CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN;
+    CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN | CODE_CACHE_BTI;
 
 /* Commit-ahead steps: the first, and the largest (FACTS.md). */
 #define CACHE_AHEAD_MIN ((size_t)64 << 10)
@@ -102,7 +102,8 @@ static int cache_find_object(const void *near, uintptr_t *lo, uintptr_t *hi)
 static int cache_probe_exec(struct code_cache *cache)
 {
     void *guard = (void *)cache->map_base;
-    if (wx_protect(cache, cache->map_base, os_page_size, PROT_READ | PROT_EXEC) != 0) {
+    if (wx_protect(cache, cache->map_base, os_page_size, cache->exec_prot) != 0) {
+        /* EINVAL with CODE_CACHE_BTI: this kernel or CPU has no BTI. */
         if (errno == EPERM || errno == EACCES) {
             debug_log("create: executable memory is denied (mprotect PROT_EXEC: errno %d)", errno);
             errno = EACCES;
@@ -118,13 +119,15 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
     if (opts == NULL)
         opts = &defaults;
     os_init();
+    arch_init();
     const size_t page = os_page_size;
 
     const struct wx_ops *wx = (opts->flags & CODE_CACHE_DUAL_MAP) ? &wx_dual : &wx_mprotect;
     const unsigned backend_flags = wx_dual.flags | wx_mprotect.flags;
     if ((opts->flags & ~known_flags) != 0 || (opts->flags & backend_flags & ~wx->flags) != 0 ||
         opts->reach > arch_default_reach ||
-        ((opts->flags & CODE_CACHE_NEAR_OBJECT) && opts->near == NULL)) {
+        ((opts->flags & CODE_CACHE_NEAR_OBJECT) && opts->near == NULL) ||
+        ((opts->flags & CODE_CACHE_BTI) && arch_prot_bti == 0)) {
         errno = EINVAL;
         return NULL;
     }
@@ -162,6 +165,7 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
         goto fail_meta;
     cache->meta = meta;
     cache->flags = opts->flags;
+    cache->exec_prot = PROT_READ | PROT_EXEC | (opts->flags & CODE_CACHE_BTI ? arch_prot_bti : 0);
     cache->fd = -1;
     cache->wx = wx;
 
@@ -518,6 +522,11 @@ struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
                 goto fail_record;
             }
         }
+        /* Code may have run in a span below the high-water mark (freed, or before a reset), and
+         * other cores may still hold it: its seal must tell them (arch_sync_cores). */
+        chunk->reused = first < cache->high_water;
+        if (first + n > cache->high_water)
+            cache->high_water = first + n;
         chunks_open(cache, chunk, first, n);
         break;
     }

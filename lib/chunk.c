@@ -312,7 +312,7 @@ int code_chunk_seal(struct code_chunk *chunk)
         chunk_store_state(chunk, CHUNK_OPEN);
         return -1;
     }
-    wx_publish((uintptr_t)whole.rx, whole.size);
+    wx_publish((uintptr_t)whole.rx, whole.size, chunk->reused);
     chunk_store_state(chunk, CHUNK_SEALED);
     __atomic_fetch_sub(&cache->open_chunks, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&cache->sealed_chunks, 1, __ATOMIC_RELAXED);
@@ -362,7 +362,7 @@ int code_chunk_patch(struct code_chunk *chunk, void *rx, const void *bytes, size
     }
     if (cache->wx->patch_end != NULL)
         cache->wx->patch_end(cache, off, len);
-    wx_publish(at, len);
+    wx_publish(at, len, true);
     return 0;
 }
 

@@ -64,7 +64,11 @@ struct code_chunk {
     uint32_t veneer_floor;    /* veneers occupy [veneer_floor, size) */
     uint32_t reserve;         /* the outstanding reservation's first byte + 1, or 0 */
     uint32_t id;              /* index in cache->records */
-    uint32_t fifo_next;       /* recycled FIFO: the next record's id + 1, or 0 */
+    union {
+        uint32_t fifo_next; /* FREED, in the recycled FIFO: the next record's id + 1, or 0 */
+        uint32_t reused;    /* OPEN or SEALED: the span held code before (freed, or before a
+                               reset), so its seal resynchronises other cores (arch_sync_cores) */
+    };
     uint8_t state;            /* enum chunk_state; atomic */
     uint8_t frozen_from;      /* code_cache_reset: the state before it froze the chunk */
     uint16_t reserve_veneers; /* veneers placed since the reservation began */
@@ -78,6 +82,7 @@ struct code_cache {
     struct meta meta;
     const struct wx_ops *wx;
     unsigned flags;
+    int exec_prot; /* PROT_READ | PROT_EXEC, | PROT_BTI with CODE_CACHE_BTI */
 
     /* The region: the reservation with a guard page at each end, and its usable part as code
      * runs there. rw_base is where that part is written (== base with the mprotect backend). */
@@ -109,6 +114,7 @@ struct code_cache {
 
     /* Allocation state, under the lock. */
     size_t bump;        /* granules handed out from the low end at least once */
+    size_t high_water;  /* granules ever handed out, resets included: below it, code may have run */
     size_t ahead;       /* [bump, ahead) is committed ahead; ahead is page aligned */
     size_t ahead_step;  /* bytes of the next commit-ahead step */
     bool committing;    /* a thread commits ahead of the bump pointer, outside the lock */

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <time.h>
@@ -37,8 +38,10 @@ static pthread_once_t os_once = PTHREAD_ONCE_INIT;
 
 static void os_init_once(void)
 {
+    /* The running kernel's page size: 4 KiB on x86-64, 4, 16 or 64 KiB on aarch64. Nothing in
+     * the library assumes one; glibc's sysconf reads it from the auxiliary vector. */
     long page = sysconf(_SC_PAGESIZE);
-    os_page_size = page > 0 ? (size_t)page : 4096;
+    os_page_size = page > 0 ? (size_t)page : (size_t)getauxval(AT_PAGESZ);
 }
 
 void os_init(void)

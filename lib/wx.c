@@ -1,6 +1,7 @@
 /*
  * What the two W^X backends share: counted protection changes, publishing written code to
- * instruction fetch (and to valgrind), and knowing whether we are a fork()ed child.
+ * instruction fetch (other cores and valgrind included), and knowing whether we are a fork()ed
+ * child.
  */
 #include <pthread.h>
 #include <sys/mman.h>
@@ -22,9 +23,14 @@ int wx_protect(struct code_cache *cache, uintptr_t addr, size_t len, int prot)
     return 0;
 }
 
-void wx_publish(uintptr_t rx, size_t len)
+void wx_publish(uintptr_t rx, size_t len, bool ran_before)
 {
     arch_flush_icache((void *)rx, len);
+    /* Only then: the other cores must find the flushed lines when they resynchronise. Fresh
+     * memory is skipped, since no core can hold instructions it never fetched, and the call is
+     * a system call with an interrupt to every core running one of our threads (aarch64). */
+    if (ran_before)
+        arch_sync_cores();
     /* valgrind may hold translations of code that used to live at these addresses (a span
      * reused after free or reset, a patch); without this it would run the old code. With two
      * views it never sees the write happen at the address that runs (FACTS.md). */

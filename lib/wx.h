@@ -49,8 +49,10 @@ extern const struct wx_ops wx_dual;
 /* wx.c: what both backends share. */
 int wx_protect(struct code_cache *cache, uintptr_t addr, size_t len, int prot); /* counted */
 void wx_count_syscall(struct code_cache *cache);
-/* After code was written at [rx, rx + len): instruction cache and valgrind's translations. */
-void wx_publish(uintptr_t rx, size_t len);
+/* After code was written at [rx, rx + len): instruction cache and valgrind's translations, and,
+ * when other threads may already have run code at those addresses (ran_before: a reused span, a
+ * patch), the other cores' instruction streams (arch_sync_cores). */
+void wx_publish(uintptr_t rx, size_t len, bool ran_before);
 /* The RW view of a dual-mapped cache is not inherited by fork(): true in a child. Costs a load. */
 bool wx_forked(const struct code_cache *cache);
 unsigned wx_fork_generation(void);

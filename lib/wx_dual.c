@@ -37,7 +37,7 @@ static int dual_try_file(struct code_cache *cache, int fd, const char *source, b
     /* The trial: can this file be mapped executable at all (vm.memfd_noexec=2, a noexec mount,
      * SELinux, seccomp)? This is also the backend's answer to "is executable memory allowed". */
     wx_count_syscall(cache);
-    void *trial = os_map_file(NULL, os_page_size, PROT_READ | PROT_EXEC, fd, 0, false);
+    void *trial = os_map_file(NULL, os_page_size, cache->exec_prot, fd, 0, false);
     if (trial == NULL) {
         if (errno == EPERM || errno == EACCES)
             *exec_denied = true;
@@ -90,6 +90,56 @@ static int dual_open_file(struct code_cache *cache)
      * executable memory is denied; otherwise the first source's reason (ENOSYS, EMFILE...). */
     errno = exec_denied ? EACCES : first_errno;
     return -1;
+}
+
+/*
+ * Emulators translate guest code once and keep the translation until they see the code change: a
+ * store to the page they translated, or a new mapping there. qemu-user (7.2, measured) sees
+ * neither when code changes through the RW view, and takes the instruction-cache maintenance of
+ * arch_flush_icache for a no-op, so after a free, a reuse of the span or a patch it would go on
+ * running the old code at the RX view. (valgrind has the same blind spot and a client request for
+ * it, in wx_publish.) Whether instruction fetch sees stores through the other view is tested once
+ * per process, on the first page a dual cache commits, with no system call: a function returning 1
+ * is written there and run, then one returning 2 in its place. Where the second run still returns
+ * 1, code published through the RW view is followed by mapping its pages of the RX view
+ * again over themselves (same file, same protection: nothing changes for a thread running there),
+ * which makes the emulator drop its translations. That costs a system call per seal, patch and
+ * free, paid only where fetch is stale; on hardware and under valgrind nothing changes.
+ */
+enum dual_fetch { DUAL_FETCH_UNKNOWN, DUAL_FETCH_COHERENT, DUAL_FETCH_STALE };
+static int dual_fetch = DUAL_FETCH_UNKNOWN;
+
+/* The probe, at [rx, rx + arch_veneer_size) of freshly committed traps written at rw. */
+static void dual_probe_fetch(unsigned char *rw, uintptr_t rx)
+{
+    int (*fn)(void) = (int (*)(void))rx;
+    arch_write_return(rw, 1);
+    wx_publish(rx, arch_veneer_size, false);
+    int first = fn();
+    arch_write_return(rw, 2);
+    wx_publish(rx, arch_veneer_size, false);
+    int second = fn();
+    arch_fill_trap(rw, rx, arch_veneer_size);
+    wx_publish(rx, arch_veneer_size, false);
+    bool stale = first != 1 || second != 2;
+    __atomic_store_n(&dual_fetch, stale ? DUAL_FETCH_STALE : DUAL_FETCH_COHERENT, __ATOMIC_RELAXED);
+    if (stale)
+        debug_log("dual: instruction fetch does not see stores through the RW view (an "
+                  "emulator): every publish maps the RX view again");
+}
+
+/* Where fetch is stale: maps the RX view's pages covering [off, off + len) again over
+ * themselves. 0, or -1 + errno; nothing is done (0) where fetch sees the stores. */
+static int dual_refetch(struct code_cache *cache, size_t off, size_t len)
+{
+    if (__atomic_load_n(&dual_fetch, __ATOMIC_RELAXED) != DUAL_FETCH_STALE)
+        return 0;
+    const size_t lo = align_down(off, os_page_size), hi = align_up(off + len, os_page_size);
+    wx_count_syscall(cache);
+    if (os_map_file((void *)(cache->base + lo), hi - lo, cache->exec_prot, cache->fd, lo, true) ==
+        NULL)
+        return -1;
+    return 0;
 }
 
 /*
@@ -159,6 +209,9 @@ static int dual_patch_begin(struct code_cache *cache, size_t off, size_t len)
 
 static void dual_patch_end(struct code_cache *cache, size_t off, size_t len)
 {
+    /* A failure leaves the emulator's old translation: said, not fatal (the bytes are in). */
+    if (dual_refetch(cache, off, len) != 0)
+        debug_log("dual: mapping the patched page again failed (errno %d)", errno);
     if (!cache->harden)
         return;
     const size_t page = os_page_size;
@@ -245,20 +298,30 @@ static int dual_commit(struct code_cache *cache, size_t off, size_t len, bool di
         return -1;
     arch_fill_trap(rw, rx, len);
     wx_count_syscall(cache);
-    if (os_map_file((void *)rx, len, PROT_READ | PROT_EXEC, cache->fd, off, true) == NULL) {
+    if (os_map_file((void *)rx, len, cache->exec_prot, cache->fd, off, true) == NULL) {
         int saved = errno;
         wx_count_syscall(cache);
         os_punch(cache->fd, off, len);
         errno = saved;
         return -1;
     }
-    wx_publish(rx, len);
+    if (__atomic_load_n(&dual_fetch, __ATOMIC_RELAXED) == DUAL_FETCH_UNKNOWN) {
+        dual_probe_fetch(rw, rx);
+        /* The probe's translations must go (where fetch is stale, the failure is harmless:
+         * the bytes there are traps, and a chunk's seal maps its pages again). */
+        dual_refetch(cache, off, len);
+    }
+    wx_publish(rx, len, false); /* fresh or released pages: nothing ran there since */
     return 0;
 }
 
 static int dual_seal(struct code_cache *cache, size_t off, size_t len)
 {
-    /* The RX view is already r-x: nothing to change, except the RW view when hardened. */
+    /* The RX view is already r-x: nothing to change, except the RW view when hardened, and, under
+     * an emulator whose fetch does not see the RW view, the mapping (before anything else: a
+     * failure leaves the chunk OPEN). */
+    if (dual_refetch(cache, off, len) != 0)
+        return -1;
     if (cache->harden) {
         pthread_mutex_lock(&cache->harden_lock);
         dual_count_sealed(cache, off, len, true);
@@ -305,7 +368,11 @@ static int dual_scrub(struct code_cache *cache, size_t off, size_t len, bool sea
             return -1;
     }
     arch_fill_trap((void *)(cache->rw_base + off), cache->base + off, len);
-    wx_publish(cache->base + off, len);
+    if (dual_refetch(cache, off, len) != 0)
+        return -1;
+    /* Freed code: a thread still running it is a use after free; the traps are for it to meet
+     * sooner or later. The span's next chunk resynchronises the cores when it is sealed. */
+    wx_publish(cache->base + off, len, false);
     return 0;
 }
 

@@ -55,7 +55,7 @@ static int mprotect_seal(struct code_cache *cache, size_t off, size_t len)
 {
     /* On failure (EACCES from SELinux execmem or PaX, ENOMEM when the change would split a
      * mapping past the map count limit) the pages keep their rw- protection. */
-    return wx_protect(cache, cache->base + off, len, PROT_READ | PROT_EXEC);
+    return wx_protect(cache, cache->base + off, len, cache->exec_prot);
 }
 
 static int mprotect_release(struct code_cache *cache, size_t off, size_t len, bool *discarded)

@@ -1,6 +1,7 @@
 /*
  * The output buffer and the value writers both encoders call. The JIT reaches these with
- * call rel32, so they are plain functions with the SysV ABI: position in, position out.
+ * call rel32 or bl, so they are plain functions of the platform's C ABI: position in, position
+ * out.
  */
 #include <errno.h>
 #include <math.h>

@@ -39,7 +39,7 @@ int json_jit_encode_array(const struct json_schema *s, const void *objs, size_t 
 
 bool json_jit_supported(void)
 {
-#if defined(__x86_64__)
+#if defined(__x86_64__) || defined(__aarch64__)
     return true;
 #else
     return false;

@@ -1,8 +1,8 @@
 /*
  * jsonjit: a JSON serializer driven by descriptors, with two encoders producing the same bytes:
  * an interpreter that walks the descriptors on every call, and a JIT that compiles each
- * descriptor into x86-64 machine code placed by libcodecache within call rel32 reach of the
- * helpers below.
+ * descriptor into x86-64 or A64 machine code placed by libcodecache within direct-call reach
+ * (call rel32, bl) of the helpers below.
  *
  * A descriptor (struct json_schema) lists the fields of a C struct: name, offset, type. Output
  * follows RFC 8259: strings are escaped (quote, backslash, the short forms \b \f \n \r \t, other
@@ -116,10 +116,11 @@ int json_interp_encode(const struct json_schema *s, const void *obj, struct json
 int json_interp_encode_array(const struct json_schema *s, const void *objs, size_t n,
                              struct json_buf *out);
 
-/* ---- The JIT (jit_x86_64.c): one sealed libcodecache chunk per compiled schema. ---- */
+/* ---- The JIT (jit_compile.c, on jit_x86_64.c or jit_aarch64.c): one sealed libcodecache chunk
+ * per compiled schema. ---- */
 
 /* The machine code of one schema: an object function and an array function, then the constant
- * text they copy (RIP-relative), in one chunk. Both functions return the position after what they
+ * text they copy (PC-relative), in one chunk. Both functions return the position after what they
  * wrote, or NULL with errno. */
 struct json_compiled {
     struct json_schema *schema;
@@ -134,18 +135,20 @@ struct json_compiled {
 
 struct json_jit;
 
-/* True when this build has a code generator for the machine it runs on (x86-64). */
+/* True when this build has a code generator for the machine it runs on (x86-64, aarch64). */
 bool json_jit_supported(void);
 
 /* A JIT compiling into cache, or, with cache NULL, into a cache of its own created near the
  * helpers (CODE_CACHE_NEAR_OBJECT: every function of the program holding them is reached with
- * call rel32). Returns NULL and errno (ENOSYS without a code generator, or code_cache_create's). */
+ * call rel32 or bl). Returns NULL and errno (ENOSYS without a code generator, or
+ * code_cache_create's). */
 struct json_jit *json_jit_create(struct code_cache *cache);
 /* Frees every compiled schema's chunk, clears their .compiled, and the cache if it owns it. */
 void json_jit_destroy(struct json_jit *jit);
 struct code_cache *json_jit_cache(const struct json_jit *jit);
 /* For comparison only: schemas compiled from now on call their helpers with movabs rax, imm64;
- * call rax (12 bytes, reaches anything) instead of call rel32 (5 bytes, needs the cache near). */
+ * call rax (12 bytes; A64: mov x16, imm64 in four instructions, blr x16: 20 bytes), which reach
+ * anything, instead of call rel32 (5 bytes) or bl (4 bytes), which need the cache near. */
 void json_jit_set_indirect_calls(struct json_jit *jit, bool indirect);
 /* A human-readable line saying how the JIT's own cache was placed. */
 const char *json_jit_placement(const struct json_jit *jit);

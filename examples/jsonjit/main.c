@@ -14,7 +14,22 @@
 #include "json.h"
 #include "techempower.h"
 
-/* The same rows compiled with helper calls through a register, to measure what call rel32
+/* The direct call the JIT uses for its helpers, and the indirect form it is compared with. */
+#if defined(__aarch64__)
+#define DIRECT_CALL    "bl"
+#define DIRECT_REACH   "bl reach (+-128 MiB)"
+#define INDIRECT_CALL  "mov x16 (4 instructions) + blr x16"
+#define DIRECT_BYTES   4
+#define INDIRECT_BYTES 20
+#else
+#define DIRECT_CALL    "call rel32"
+#define DIRECT_REACH   "rel32 reach (+-2 GiB)"
+#define INDIRECT_CALL  "movabs rax + call rax"
+#define DIRECT_BYTES   5
+#define INDIRECT_BYTES 12
+#endif
+
+/* The same rows compiled with helper calls through a register, to measure what the direct call
  * itself is worth. */
 static struct json_schema world_indirect_schema = {
     .name = "world*", .size = sizeof(struct world), .nfields = 2, .fields = world_fields};
@@ -137,8 +152,8 @@ static void print_placement(struct json_jit *jit)
     printf("distance:   World's code at %#lx is %.1f MiB %s the helpers:\n            %s\n",
            (unsigned long)code, mib, code > helper ? "above" : "below",
            code_cache_reaches(json_jit_cache(jit), (const void *)helper)
-               ? "within rel32 reach, every helper call is a 5-byte call rel32"
-               : "out of rel32 reach, helper calls go through veneers");
+               ? "within " DIRECT_REACH ", every helper call is one " DIRECT_CALL
+               : "out of " DIRECT_REACH ", helper calls go through veneers");
 }
 
 /* Where the JIT's speed-up comes from, and where it does not, from the figures just measured. */
@@ -157,17 +172,18 @@ static void print_analysis(const double ns[NVARIANTS])
            "    scan \"Hello, World!\" for characters to escape, in both encoders: compiling\n"
            "    cannot make that part faster.\n",
            hello, ns[HELLO_JIT], ns[STRING_HELPER]);
-    printf("  calls: call rel32 took %.1f ns per row, movabs rax + call rax %.1f (%+.0f%%): ",
+    printf("  calls: " DIRECT_CALL " took %.1f ns per row, " INDIRECT_CALL " %.1f (%+.0f%%): ",
            ns[QUERIES_JIT], ns[QUERIES_INDIRECT], (calls - 1) * 100);
     if (calls > 0.9 && calls < 1.1)
         printf("the same,\n    within the +-10%% that separates two runs on this machine.\n");
     else
         printf("more than\n    the +-10%% that separates two runs on this machine; run again to "
                "see if it holds.\n");
-    printf("    What near placement surely buys is size: 5 bytes per call instead of 12 (World's\n"
+    printf("    What near placement surely buys is size: %d bytes per call instead of %d (World's\n"
            "    code: %zu bytes instead of %zu) and direct reach to the program's functions and "
            "data.\n",
-           world_schema.compiled->code_size, world_indirect_schema.compiled->code_size);
+           DIRECT_BYTES, INDIRECT_BYTES, world_schema.compiled->code_size,
+           world_indirect_schema.compiled->code_size);
 }
 
 static void print_sizes_and_stats(struct json_jit *jit)
@@ -214,7 +230,7 @@ int main(void)
 
     struct json_jit *jit = NULL, *indirect = NULL;
     if (!json_jit_supported()) {
-        printf("jsonjit: no code generator for this architecture (x86-64 only): "
+        printf("jsonjit: no code generator for this architecture (x86-64 and aarch64 only): "
                "showing the interpreter alone.\n\n");
     } else if ((jit = json_jit_create(NULL)) == NULL && errno == EACCES) {
         printf("jsonjit: this system refuses executable memory (code_cache_create: EACCES;\n"
