@@ -428,8 +428,14 @@ static void check_cache(struct model *m, struct mcache *c, const struct proc_map
         in_use += ch->size;
         open += ch->state == MS_OPEN;
         sealed += ch->state == MS_SEALED;
-        if (ch->touched && (!m->cfg.light || ch->size <= 65536 || ch->state == MS_SEALED))
+        /* The chunk this call touched; and every chunk after a call that changed the cache's
+         * memory elsewhere (alloc, free, reset): nothing else may have moved, and sealed code
+         * still returns its value. */
+        if ((ch->touched || c->content_due) &&
+            (!m->cfg.light || ch->size <= 65536 || ch->state == MS_SEALED))
             check_chunk_content(m, ch);
+        if (c->content_due && ch->state == MS_SEALED)
+            model_run_chunk(m, ch);
     }
     /* Freed spans, never-used space, the guard pages and beyond: no chunk. */
     for (size_t off = 0; off < c->reserved; off += c->granule) {

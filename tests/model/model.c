@@ -1136,7 +1136,7 @@ static void op_call_target(struct model *m, struct model_input *in)
 
 /* ---- Seal, run, patch ---- */
 
-static void run_chunk(struct model *m, struct mchunk *ch)
+void model_run_chunk(struct model *m, struct mchunk *ch)
 {
     for (unsigned i = 0; i < ch->nfn; i++) {
         const struct mfn *fn = &ch->fn[i];
@@ -1185,7 +1185,7 @@ static void op_seal(struct model *m, struct model_input *in)
         model_fail(m, "seal made %zu system calls and %zu protection changes (%s backend)", calls,
                    prots, c->dual ? "dual" : "mprotect");
     check_chunk_content(m, ch);
-    run_chunk(m, ch);
+    model_run_chunk(m, ch);
 }
 
 static void op_run(struct model *m, struct model_input *in)
@@ -1194,7 +1194,7 @@ static void op_run(struct model *m, struct model_input *in)
     if (ch == NULL || ch->state != MS_SEALED)
         return;
     model_trace(m, "run the %u functions of chunk at %#lx", ch->nfn, (unsigned long)chunk_rx(ch));
-    run_chunk(m, ch);
+    model_run_chunk(m, ch);
 }
 
 static void op_patch(struct model *m, struct model_input *in)
@@ -1270,7 +1270,7 @@ static void op_patch(struct model *m, struct model_input *in)
         else
             fn->arg = value;
     }
-    run_chunk(m, ch);
+    model_run_chunk(m, ch);
 }
 
 /* ---- Find ---- */
@@ -1623,7 +1623,7 @@ void model_exercise(struct model *m)
         struct mcache *c = &m->cache[s];
         for (unsigned i = 0; i < c->nchunks; i++)
             if (c->chunk[i]->state == MS_SEALED)
-                run_chunk(m, c->chunk[i]);
+                model_run_chunk(m, c->chunk[i]);
         /* One more chunk, written, sealed, run and freed: the cache works. */
         if (c->nchunks == MODEL_MAX_CHUNKS)
             continue;

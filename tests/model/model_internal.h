@@ -128,6 +128,8 @@ void model_trace(struct model *m, const char *fmt, ...) __attribute__((format(pr
 /* The direct-branch reach rule, from the instruction: a call rel32 anywhere in [lo, hi) (5 bytes,
  * displacement counted from its end) reaches t with reach r. */
 bool model_reaches(uintptr_t lo, uintptr_t hi, uintptr_t t, size_t r);
+/* Calls every function of a sealed chunk and compares what it returns. */
+void model_run_chunk(struct model *m, struct mchunk *ch);
 /* The live chunk holding the cache offset off, or NULL. */
 struct mchunk *model_owner(struct mcache *c, size_t off);
 
