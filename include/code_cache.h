@@ -32,7 +32,9 @@
  * Environment: CODE_CACHE_DEBUG=1 makes the library explain its placement and allocation
  * decisions on standard error (errno is never changed by it). CODE_CACHE_NO_RANDOM=1 makes
  * placement pick the fitting base nearest to the target instead of a random one (reproducible
- * layouts for debugging).
+ * layouts for debugging). CODE_CACHE_PERF=map|jitdump|map,jitdump and CODE_CACHE_GDB=1 announce
+ * named functions to perf and gdb, as the flags CODE_CACHE_PERF_MAP, CODE_CACHE_PERF_JITDUMP and
+ * CODE_CACHE_GDB_JIT do for one cache; JITDUMPDIR says where jit-<pid>.dump goes.
  *
  * See code_cache(3) for the full manual.
  */
@@ -107,6 +109,27 @@ struct code_span {
  * silently dropped. */
 #define CODE_CACHE_BTI 0x8u
 
+/* Tooling (code_chunk_name): the names of a cache's functions are announced to profilers and
+ * debuggers as each chunk is sealed (and as functions are named after the seal). The environment
+ * can turn the same on for every cache: CODE_CACHE_PERF=map, jitdump or map,jitdump, and
+ * CODE_CACHE_GDB=1. A cache without named functions announces nothing and costs nothing. */
+
+/* Append "START SIZE name" lines to /tmp/perf-<pid>.map, the file perf report reads for code in
+ * anonymous memory (so not for the dual backend's file mapping: use jitdump there). A line cannot
+ * be taken back: once a freed span is reused, perf may give its new code an old name. */
+#define CODE_CACHE_PERF_MAP 0x10u
+
+/* Write jit-<pid>.dump ($JITDUMPDIR, else the current directory) for perf inject --jit: a
+ * JIT_CODE_LOAD record with the code bytes per function, timestamped with CLOCK_MONOTONIC (record
+ * with perf record -k 1). Reused addresses are told apart by time, and perf inject drops the
+ * kernel's own records of the cache's mappings: this works with both backends. */
+#define CODE_CACHE_PERF_JITDUMP 0x20u
+
+/* Register an in-memory ELF object per sealed chunk with named functions through the GDB JIT
+ * interface (__jit_debug_register_code, __jit_debug_descriptor), and unregister it when the chunk
+ * is freed or reset, so that gdb's backtraces and `info symbol` name JIT functions. */
+#define CODE_CACHE_GDB_JIT 0x40u
+
 /* Options for code_cache_create. All zero means: a 64 MiB cache anywhere, mprotect backend. */
 struct code_cache_options {
     size_t size;      /* address space to reserve, rounded up to pages; 0 = 64 MiB */
@@ -114,7 +137,8 @@ struct code_cache_options {
     size_t reach;     /* 0 = the architecture's direct-branch reach (x86-64 rel32: 2 GiB,
                          aarch64 bl/b imm26: 128 MiB) */
     unsigned flags;   /* CODE_CACHE_NEAR_OBJECT, CODE_CACHE_DUAL_MAP, CODE_CACHE_DUAL_HARDEN,
-                         CODE_CACHE_BTI */
+                         CODE_CACHE_BTI, CODE_CACHE_PERF_MAP, CODE_CACHE_PERF_JITDUMP,
+                         CODE_CACHE_GDB_JIT */
 };
 
 /* Counters of one cache; a consistent snapshot taken under the cache's lock. */
@@ -274,6 +298,27 @@ CODE_CACHE_API void code_chunk_free(struct code_chunk *chunk);
  * for the veneer), ERANGE (the chunk is larger than the reach, so no veneer position is reachable
  * from all of it: use smaller chunks), ENOMEM (no memory for bookkeeping). */
 CODE_CACHE_API const void *code_chunk_call_target(struct code_chunk *chunk, const void *target);
+
+/* Longest name code_chunk_name accepts, in bytes, its terminating NUL included. */
+#define CODE_CACHE_NAME_MAX 4096
+
+/* Names the function at [rx, rx + size) of an OPEN or SEALED chunk (rx: where it runs). The name
+ * is copied into the cache's bookkeeping and freed with the chunk. Profilers and debuggers learn
+ * it when the chunk is sealed, or at once for a SEALED chunk (CODE_CACHE_PERF_MAP and friends).
+ * Name each function once: overlapping names are kept, the newest wins. Any thread may name a
+ * SEALED chunk. Returns 0, or -1 and errno: EINVAL (NULL chunk or name, size 0, range outside the
+ * chunk, empty name or one containing a newline), ENAMETOOLONG (CODE_CACHE_NAME_MAX bytes or
+ * more), EPERM (chunk not OPEN or SEALED: freed, or being sealed or freed), ENOMEM. */
+CODE_CACHE_API int code_chunk_name(struct code_chunk *chunk, const void *rx, size_t size,
+                                   const char *name);
+
+/* The name of the function of chunk that holds addr (an address of either view), or NULL; sets
+ * *start (its first byte, where it runs) and *size when they are not NULL. For crash reports:
+ * lock-free and async-signal-safe (no lock, no allocation, no system call, errno untouched), so it
+ * may follow code_cache_find in a signal handler while other threads allocate, seal and name;
+ * but not while another thread frees the chunk or resets its cache, which frees its names. */
+CODE_CACHE_API const char *code_chunk_name_at(const struct code_chunk *chunk, const void *addr,
+                                              const void **start, size_t *size);
 
 #ifdef __cplusplus
 }

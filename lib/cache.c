@@ -32,11 +32,13 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "debuginfo.h"
 #include "internal.h"
 #include "place.h"
 
 static const unsigned known_flags =
-    CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN | CODE_CACHE_BTI;
+    CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN | CODE_CACHE_BTI |
+    DEBUGINFO_TOOLS;
 
 /* Commit-ahead steps: the first, and the largest (FACTS.md). */
 #define CACHE_AHEAD_MIN ((size_t)64 << 10)
@@ -200,6 +202,7 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
         goto fail_open;
     pthread_mutex_init(&cache->lock, NULL);
     pthread_cond_init(&cache->idle, NULL);
+    debuginfo_create(cache);
     debug_log("create: %s cache at [%#lx, %#lx), %zu granules of %zu bytes", cache->wx->name,
               (unsigned long)cache->base, (unsigned long)(cache->base + size), cache->ngranules,
               cache_granule(cache));

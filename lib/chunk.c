@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "debuginfo.h"
 #include "internal.h"
 
 _Static_assert(sizeof(struct code_chunk) == 56, "a chunk record is 56 bytes (documented)");
@@ -112,6 +113,7 @@ static void chunks_drop_veneers(struct code_cache *cache, struct code_chunk *chu
 
 void chunks_open(struct code_cache *cache, struct code_chunk *chunk, size_t first, size_t granules)
 {
+    debuginfo_retire(cache, chunk);
     __atomic_store_n(&chunk->extent, (uint64_t)first << 32 | granules, __ATOMIC_RELAXED);
     chunk->used = 0;
     chunk->veneer_floor = (uint32_t)(granules << cache->granule_shift);
@@ -124,6 +126,7 @@ void chunks_open(struct code_cache *cache, struct code_chunk *chunk, size_t firs
 void chunks_retire(struct code_cache *cache, struct code_chunk *chunk)
 {
     chunks_drop_veneers(cache, chunk);
+    debuginfo_retire(cache, chunk);
     chunk_store_state(chunk, CHUNK_FREED);
     chunk->fifo_next = 0;
     struct code_chunk *tail = chunks_by_link(cache, cache->fifo_tail);
@@ -137,8 +140,10 @@ void chunks_retire(struct code_cache *cache, struct code_chunk *chunk)
 
 void chunks_release_all(struct code_cache *cache)
 {
-    for (size_t id = 0; id < cache->records_used; id++)
+    for (size_t id = 0; id < cache->records_used; id++) {
         chunks_drop_veneers(cache, chunks_at(cache, id));
+        debuginfo_retire(cache, chunks_at(cache, id));
+    }
     table_release(&cache->records, &cache->meta);
     cache->records_used = 0;
     cache->fifo_head = cache->fifo_tail = 0;
@@ -313,6 +318,7 @@ int code_chunk_seal(struct code_chunk *chunk)
         return -1;
     }
     wx_publish((uintptr_t)whole.rx, whole.size, chunk->reused);
+    debuginfo_seal(chunk);
     chunk_store_state(chunk, CHUNK_SEALED);
     __atomic_fetch_sub(&cache->open_chunks, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&cache->sealed_chunks, 1, __ATOMIC_RELAXED);

@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include <code_cache.h>
@@ -153,6 +154,24 @@ static bool schema_valid(const struct json_schema *s)
     return true;
 }
 
+/* Names the two functions of a compiled schema, json_<schema>_object and json_<schema>_array,
+ * so that perf (CODE_CACHE_PERF=jitdump) and gdb (CODE_CACHE_GDB=1) show them, and a crash
+ * handler can say which one ran (code_chunk_name_at). Each function's cold paths follow it: its
+ * bytes run up to the next function, or to the end of the instructions. Naming is optional
+ * (ENOMEM only): a failure leaves the code as it is, unnamed. */
+static void jit_name_schema(const struct json_compiled *c)
+{
+    const char *object = (const char *)(uintptr_t)c->object;
+    const char *array = (const char *)(uintptr_t)c->array;
+    const char *lo = object < array ? object : array, *hi = object < array ? array : object;
+    const char *end = (const char *)c->code + c->code_size;
+    char name[128];
+    snprintf(name, sizeof name, "json_%s_object", c->schema->name);
+    code_chunk_name(c->chunk, object, (size_t)((object == lo ? hi : end) - object), name);
+    snprintf(name, sizeof name, "json_%s_array", c->schema->name);
+    code_chunk_name(c->chunk, array, (size_t)((array == lo ? hi : end) - array), name);
+}
+
 /* The schemas being compiled, innermost first: a schema met again here is a cycle. */
 struct compile_frame {
     const struct json_schema *s;
@@ -183,7 +202,10 @@ static int compile_tree(struct json_jit *jit, struct json_schema *s,
             compile_tree(jit, inner, &frame) != 0)
             return -1;
     }
-    return jit_compile_schema(jit, s);
+    if (jit_compile_schema(jit, s) != 0)
+        return -1;
+    jit_name_schema(s->compiled);
+    return 0;
 }
 
 int json_jit_compile(struct json_jit *jit, struct json_schema *s)
