@@ -5,8 +5,9 @@
  *
  *   - workers allocate chunks on two shared caches (mprotect and dual), write code that calls a
  *     helper (through a veneer when needed) and returns a value, seal it, run it, find it, and
- *     free it, or publish it to a pool where other workers take it, run it, patch it (dual) and
- *     free it: a sealed chunk changes hands between threads;
+ *     free it, or publish it to a pool where other workers take it, name it, run it, patch it
+ *     (dual) and free it: a sealed chunk changes hands between threads (names are looked up with
+ *     code_chunk_name_at, and the mprotect cache registers them with the GDB JIT interface);
  *   - a finder calls code_cache_find, code_cache_reaches and code_cache_get_stats on the shared
  *     caches all the time (lock-free readers next to the writers);
  *   - a lifecycle thread creates, uses, resets and destroys caches of its own;
@@ -122,6 +123,8 @@ static bool job_make(struct job *j, struct code_cache *cache, uint64_t *rng)
     if (!jit_call(a.rw, (uintptr_t)a.rx, target, j->arg))
         fail("the call target is out of reach");
     jit_return(b.rw, JIT_RETURN_SIZE, j->value);
+    if (code_chunk_name(j->chunk, a.rx, JIT_CALL_SIZE, "tsan_call") != 0)
+        fail("code_chunk_name: %s", strerror(errno));
     if (code_chunk_seal(j->chunk) != 0)
         fail("code_chunk_seal: %s", strerror(errno));
     n_seal++;
@@ -136,6 +139,9 @@ static void job_run(const struct job *j)
         fail("sealed code returned the wrong value");
     if (code_cache_find(j->cache, (const void *)j->ret) != j->chunk)
         fail("code_cache_find does not find a live chunk");
+    const char *name = code_chunk_name_at(j->chunk, (const void *)j->call, NULL, NULL);
+    if (name == NULL || strcmp(name, "tsan_call") != 0)
+        fail("code_chunk_name_at lost a name");
     n_run++;
 }
 
@@ -197,6 +203,9 @@ static void *worker(void *arg)
             if (!taken)
                 continue;
             n_handover++;
+            /* Any thread may name a sealed chunk. */
+            if (code_chunk_name(j.chunk, (const void *)j.ret, JIT_RETURN_SIZE, "tsan_ret") != 0)
+                fail("code_chunk_name of a sealed chunk: %s", strerror(errno));
             job_run(&j);
             job_patch(&j, &rng);
             job_run(&j);
@@ -351,7 +360,9 @@ int main(int argc, char **argv)
     double seconds = argc > 1 ? atof(argv[1]) : 20;
     size_t fds = proc_file_fds();
     far = far_function();
-    struct code_cache_options o = {.size = 16 << 20, .near = (const void *)helper};
+    /* The GDB JIT interface registers each sealed chunk's names: one more thing shared. */
+    struct code_cache_options o = {
+        .size = 16 << 20, .near = (const void *)helper, .flags = CODE_CACHE_GDB_JIT};
     shared[0] = code_cache_create(&o);
     o.flags = CODE_CACHE_DUAL_MAP;
     shared[1] = code_cache_create(&o);

@@ -344,6 +344,48 @@ void check_find_rw_view(struct model *m, struct mcache *c)
     proc_maps_free(&maps);
 }
 
+/* ---- Names ---- */
+
+/* code_chunk_name_at at the chunk offset off, through the view at base, against the model. */
+static void check_name_at(struct model *m, struct mchunk *ch, uintptr_t base, size_t off)
+{
+    const struct mname *want = model_name_at(ch, off);
+    const void *start = NULL;
+    size_t size = 0;
+    m->calls++;
+    const char *got =
+        code_chunk_name_at(ch->h, (const void *)(base + ch->off + off), &start, &size);
+    const uintptr_t rx = ch->cache->base + ch->off;
+    if (want == NULL) {
+        if (got != NULL)
+            model_fail(m, "code_chunk_name_at(%#lx) = \"%.40s\", expected no name",
+                       (unsigned long)(base + ch->off + off), got);
+        return;
+    }
+    bool same = got != NULL && (want->long_name ? strlen(got) == CODE_CACHE_NAME_MAX - 1 &&
+                                                      strspn(got, "n") == CODE_CACHE_NAME_MAX - 1
+                                                : strcmp(got, want->text) == 0);
+    if (!same || (uintptr_t)start != rx + want->off || size != want->size)
+        model_fail(m,
+                   "code_chunk_name_at(%#lx) = \"%.40s\" at %p size %zu, expected \"%.40s\" at "
+                   "%#lx size %u",
+                   (unsigned long)(base + ch->off + off), got ? got : "(null)", start, size,
+                   want->text, (unsigned long)(rx + want->off), want->size);
+}
+
+static void check_names(struct model *m, struct mchunk *ch)
+{
+    const struct mcache *c = ch->cache;
+    for (unsigned i = 0; i < ch->nnames; i++) {
+        check_name_at(m, ch, c->base, ch->names[i].off);
+        check_name_at(m, ch, c->base, ch->names[i].off + ch->names[i].size - 1);
+        if (c->dual)
+            check_name_at(m, ch, c->rw_base, ch->names[i].off);
+    }
+    check_name_at(m, ch, c->base, 0);
+    check_name_at(m, ch, c->base, ch->size - 1);
+}
+
 /* ---- Everything ---- */
 
 static void check_find(struct model *m, struct mcache *c, const void *addr,
@@ -436,6 +478,7 @@ static void check_cache(struct model *m, struct mcache *c, const struct proc_map
             check_chunk_content(m, ch);
         if (c->content_due && ch->state == MS_SEALED)
             model_run_chunk(m, ch);
+        check_names(m, ch);
     }
     /* Freed spans, never-used space, the guard pages and beyond: no chunk. */
     for (size_t off = 0; off < c->reserved; off += c->granule) {

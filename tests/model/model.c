@@ -24,12 +24,6 @@
 #include "model_internal.h"
 #include "proc.h"
 
-/* code_chunk_name comes with the profiler support (another branch). Until the library has it the
- * weak reference is NULL and MOP_NAME does nothing; once it is there, every chunk and function
- * gets named and the checks after the call show that naming changed nothing else. */
-int code_chunk_name(struct code_chunk *chunk, const void *rx, size_t size, const char *name)
-    __attribute__((weak));
-
 /* errno before every call: a failure that leaves it untouched did not set it. */
 #define ERRNO_UNSET 0x7ead
 
@@ -386,27 +380,32 @@ static void create_cache(struct model *m, unsigned slot, const uint8_t sel[4], b
 {
     static const size_t reaches[] = {0, 0,        0,        0,   0,         0,
                                      0, 16 * MIB, 16 * MIB, MIB, X86_REACH, X86_REACH + 4096};
+    /* The first twelve must work (valid_only); then misuse. CODE_CACHE_PERF_MAP and
+     * CODE_CACHE_PERF_JITDUMP are left out: they write files and keep a descriptor open for the
+     * process, which the model's leak checks would count. */
     static const unsigned flag_sets[] = {0,
                                          0,
                                          0,
+                                         CODE_CACHE_GDB_JIT,
                                          0,
-                                         0,
                                          CODE_CACHE_DUAL_MAP,
                                          CODE_CACHE_DUAL_MAP,
                                          CODE_CACHE_DUAL_MAP,
-                                         CODE_CACHE_DUAL_MAP,
+                                         CODE_CACHE_DUAL_MAP | CODE_CACHE_GDB_JIT,
                                          CODE_CACHE_DUAL_MAP,
                                          CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN,
                                          CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN,
                                          CODE_CACHE_NEAR_OBJECT,
                                          CODE_CACHE_DUAL_MAP | CODE_CACHE_NEAR_OBJECT,
                                          CODE_CACHE_DUAL_HARDEN,
-                                         0x80};
+                                         0x80,
+                                         CODE_CACHE_BTI,
+                                         CODE_CACHE_DUAL_MAP | CODE_CACHE_BTI};
     static const size_t sizes[] = {4096, 8192,  16384, 65536,           65536, 262144,  262144, MIB,
                                    MIB,  12288, 24576, 3 * MIB + 12345, 100,   2 * MIB, 0,      1};
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
     const unsigned nsizes = valid_only ? 9 : 16, nnear = valid_only ? 13 : 16,
-                   nreach = valid_only ? 1 : 12, nflags = valid_only ? 12 : 16;
+                   nreach = valid_only ? 1 : 12, nflags = valid_only ? 12 : 18;
     struct code_cache_options o = {0};
     o.reach = reaches[sel[2] % nreach];
     o.flags = flag_sets[sel[3] % nflags];
@@ -434,7 +433,9 @@ static void create_cache(struct model *m, unsigned slot, const uint8_t sel[4], b
 
     /* The contract's answer, as far as it can be known in advance. */
     const size_t size = o.size ? o.size : 64 * MIB;
-    const unsigned known = CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN;
+    /* CODE_CACHE_BTI is EINVAL on x86-64 (no BTI): not among the flags that work. */
+    const unsigned known = CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN |
+                           CODE_CACHE_PERF_MAP | CODE_CACHE_PERF_JITDUMP | CODE_CACHE_GDB_JIT;
     uintptr_t tlo = (uintptr_t)o.near, thi = tlo + 1;
     int want = 0;
     bool may_fail = false; /* ENOMEM or ERANGE are possible: the window may be full or clipped */
@@ -1359,9 +1360,9 @@ static void op_stale(struct model *m, struct model_input *in)
         return;
     const struct mstale *s = &m->stale[b % m->nstale];
     const struct mcache *c = s->cache;
-    model_trace(m, "stale handle %p (was at offset %zu): call %u", (void *)s->h, s->off, what % 7);
+    model_trace(m, "stale handle %p (was at offset %zu): call %u", (void *)s->h, s->off, what % 8);
     int rc = 0, want;
-    switch (what % 7) {
+    switch (what % 8) {
     case 0:
         CALL(m, rc = code_chunk_seal(s->h));
         want = EPERM;
@@ -1397,6 +1398,11 @@ static void op_stale(struct model *m, struct model_input *in)
         want = c->dual ? EPERM : ENOTSUP;
         break;
     }
+    case 6: {
+        CALL(m, rc = code_chunk_name(s->h, (const void *)(c->base + s->off), 1, "stale"));
+        want = EPERM;
+        break;
+    }
     default: {
         /* A target in reach of the old span is answered without looking at the state; any other
          * needs a veneer, which a freed chunk cannot have. */
@@ -1411,7 +1417,7 @@ static void op_stale(struct model *m, struct model_input *in)
     }
     }
     if (rc == 0)
-        model_fail(m, "a call on a freed chunk succeeded (case %u)", what % 7);
+        model_fail(m, "a call on a freed chunk succeeded (case %u)", what % 8);
     expect_errno(m, "a call on a freed chunk", errno, want);
 }
 
@@ -1508,22 +1514,79 @@ static void op_misuse(struct model *m, struct model_input *in)
     expect_errno(m, call, errno, EINVAL);
 }
 
-/* ---- Names (the hook) ---- */
+/* ---- Names ---- */
+
+/* The newest name of ch covering the chunk offset off, or NULL. */
+const struct mname *model_name_at(const struct mchunk *ch, size_t off)
+{
+    for (unsigned i = ch->nnames; i-- > 0;)
+        if (off - ch->names[i].off < ch->names[i].size)
+            return &ch->names[i];
+    return NULL;
+}
 
 static void op_name(struct model *m, struct model_input *in)
 {
     struct mchunk *ch = need_chunk(m, in);
-    uint8_t fsel = in_byte(in);
-    if (code_chunk_name == NULL || ch == NULL || ch->nfn == 0)
+    uint8_t fsel = in_byte(in), kind = in_byte(in);
+    uint32_t r = in_u32(in);
+    if (ch == NULL || ch->nnames == MODEL_MAX_NAMES)
         return;
-    const struct mfn *fn = &ch->fn[fsel % ch->nfn];
-    char name[32];
-    snprintf(name, sizeof name, "model_fn_%u", fsel);
-    model_trace(m, "name %s at %#lx", name, (unsigned long)(chunk_rx(ch) + fn->off));
+    /* A function, or any range of the chunk; then the names the contract refuses. */
+    size_t off, size;
+    if (ch->nfn > 0 && fsel % 2 == 0) {
+        off = ch->fn[fsel % ch->nfn].off;
+        size = ch->fn[fsel % ch->nfn].len;
+    } else {
+        off = r % ch->size;
+        size = 1 + (r >> 8) % (ch->size - off);
+    }
+    static char longest[CODE_CACHE_NAME_MAX + 1];
+    char name[40];
+    snprintf(name, sizeof name, "model_fn_%u_%u", (unsigned)m->calls, fsel);
+    const char *text = name;
+    int want = 0;
+    switch (kind % 10) {
+    case 6:
+        text = "";
+        want = EINVAL;
+        break;
+    case 7:
+        text = "two\nlines";
+        want = EINVAL;
+        break;
+    case 8:
+        /* The longest name accepted, or one byte more. */
+        memset(longest, 'n', CODE_CACHE_NAME_MAX);
+        longest[CODE_CACHE_NAME_MAX - 1 + (fsel & 1)] = '\0';
+        text = longest;
+        want = fsel & 1 ? ENAMETOOLONG : 0;
+        break;
+    case 9:
+        if (fsel & 1)
+            size = 0;
+        else
+            size = ch->size - off + 1; /* past the chunk's end */
+        want = EINVAL;
+        break;
+    default:
+        break;
+    }
+    model_trace(m, "name [%zu, +%zu) of chunk at %#lx (%zu bytes): expect %s", off, size,
+                (unsigned long)chunk_rx(ch), strlen(text), want ? strerror(want) : "success");
     int rc;
-    CALL(m, rc = code_chunk_name(ch->h, (const void *)(chunk_rx(ch) + fn->off), fn->len, name));
-    if (rc != 0)
-        expect_success(m, "code_chunk_name", errno);
+    CALL(m, rc = code_chunk_name(ch->h, (const void *)(chunk_rx(ch) + off), size, text));
+    if (rc != 0) {
+        expect_errno(m, "code_chunk_name", errno, want);
+        return;
+    }
+    if (want != 0)
+        model_fail(m, "code_chunk_name succeeded; expected %s", strerror(want));
+    struct mname *n = &ch->names[ch->nnames++];
+    n->off = (uint32_t)off;
+    n->size = (uint32_t)size;
+    snprintf(n->text, sizeof n->text, "%s", text);
+    n->long_name = text == longest;
 }
 
 /* ---- The driver's interface ---- */
@@ -1562,7 +1625,7 @@ static const uint8_t weights[MOP_COUNT] = {
     [MOP_FN_RETURN] = 8, [MOP_FN_CALL] = 6,     [MOP_EMIT] = 5,  [MOP_RESERVE] = 1,
     [MOP_COMMIT] = 1,    [MOP_CALL_TARGET] = 3, [MOP_SEAL] = 8,  [MOP_RUN] = 2,
     [MOP_PATCH] = 4,     [MOP_FIND] = 3,        [MOP_FREE] = 8,  [MOP_STALE] = 3,
-    [MOP_MISUSE] = 2,    [MOP_NAME] = 1,
+    [MOP_MISUSE] = 2,    [MOP_NAME] = 3,
 };
 
 static enum model_op decode_op(uint8_t b)

@@ -44,6 +44,15 @@ struct mveneer {
 
 enum mstate { MS_OPEN, MS_SEALED };
 
+#define MODEL_MAX_NAMES 8 /* names per chunk */
+
+/* A name given with code_chunk_name (the newest covering an address wins). */
+struct mname {
+    uint32_t off, size;
+    char text[40];  /* the name, or its start for the longest one */
+    bool long_name; /* CODE_CACHE_NAME_MAX - 1 bytes of 'n' */
+};
+
 struct mcache;
 
 struct mchunk {
@@ -62,6 +71,8 @@ struct mchunk {
     unsigned nfn;
     struct mveneer ven[MODEL_MAX_VEN];
     unsigned nven;
+    struct mname names[MODEL_MAX_NAMES];
+    unsigned nnames;
 };
 
 /* A handle of a freed (or reset) chunk whose record still waits in the library's quarantine. */
@@ -128,6 +139,8 @@ void model_trace(struct model *m, const char *fmt, ...) __attribute__((format(pr
 /* The direct-branch reach rule, from the instruction: a call rel32 anywhere in [lo, hi) (5 bytes,
  * displacement counted from its end) reaches t with reach r. */
 bool model_reaches(uintptr_t lo, uintptr_t hi, uintptr_t t, size_t r);
+/* The newest name of ch covering the chunk offset off, or NULL. */
+const struct mname *model_name_at(const struct mchunk *ch, size_t off);
 /* Calls every function of a sealed chunk and compares what it returns. */
 void model_run_chunk(struct model *m, struct mchunk *ch);
 /* The live chunk holding the cache offset off, or NULL. */
