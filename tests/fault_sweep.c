@@ -3,8 +3,8 @@
  * fails in turn, over fixed scenarios for both backends.
  *
  * For each scenario and each kind of call (mmap, munmap, mprotect, madvise, memfd_create, open,
- * ftruncate, fcntl, fallocate, read of /proc/self/maps, membarrier), the scenario runs with the
- * Nth call of that kind made by the library failing, for N = 1, 2, ... until a run meets no
+ * ftruncate, fcntl, fallocate, read of /proc/self/maps, membarrier, prctl), the scenario runs with
+ * the Nth call of that kind made by the library failing, for N = 1, 2, ... until a run meets no
  * failure (the scenario makes fewer calls than N). Each run goes through the reference model of
  * tests/model (model.h), which checks after every call that a failing call set the injected
  * errno or one it documents, and that every invariant still holds (no overlap, W^X in both
@@ -13,8 +13,9 @@
  * mapping of the library's (reservation, view, file), no descriptor, no jemalloc byte.
  *
  * The interposers are tests/fault.c's (mmap, munmap, mprotect, madvise, memfd_create, open,
- * ftruncate, fcntl, fallocate, for the library's calls only), plus two here: read(2) of the
- * library's /proc/self/maps descriptor, and syscall(SYS_membarrier, ...).
+ * ftruncate, fcntl, fallocate, for the library's calls only), plus three here: read(2) of the
+ * library's /proc/self/maps descriptor, syscall(SYS_membarrier, ...) (aarch64), and prctl (the
+ * reservation's name in the map).
  *
  *   fault_sweep                  every scenario, every kind; prints the injection points covered
  *   fault_sweep --corpus DIR     writes the scenarios as fuzzing inputs into DIR
@@ -39,7 +40,7 @@
 
 /* ---- The two interposers fault.c does not have ---- */
 
-enum extra_kind { EXTRA_READ_MAPS, EXTRA_MEMBARRIER, EXTRA_KINDS };
+enum extra_kind { EXTRA_READ_MAPS, EXTRA_MEMBARRIER, EXTRA_PRCTL, EXTRA_KINDS };
 
 static struct {
     int kind; /* enum extra_kind, or -1 */
@@ -87,6 +88,21 @@ ssize_t read(int fd, void *buf, size_t count)
     return syscall(SYS_read, fd, buf, count);
 }
 
+/* prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME): the name of the reservation in the map, a courtesy
+ * that may fail (kernels without CONFIG_ANON_VMA_NAME refuse it with EINVAL). */
+int prctl(int option, ...)
+{
+    va_list ap;
+    va_start(ap, option);
+    unsigned long a[4];
+    for (int i = 0; i < 4; i++)
+        a[i] = va_arg(ap, unsigned long);
+    va_end(ap);
+    if (extra_hit(EXTRA_PRCTL, __builtin_return_address(0)))
+        return -1;
+    return (int)syscall(SYS_prctl, option, a[0], a[1], a[2], a[3]);
+}
+
 /* membarrier has no libc wrapper: the library would call syscall(SYS_membarrier, ...). Every
  * other syscall() goes on to libc's, with the six arguments the kernel takes at most. */
 long syscall(long number, ...)
@@ -129,6 +145,7 @@ static const struct kind kinds[] = {
     {"fallocate", FAULT_FALLOCATE, 0, EOPNOTSUPP},
     {"read of /proc/self/maps", -1, EXTRA_READ_MAPS, EIO},
     {"membarrier", -1, EXTRA_MEMBARRIER, EPERM},
+    {"prctl", -1, EXTRA_PRCTL, EINVAL},
 };
 #define NKINDS (sizeof kinds / sizeof kinds[0])
 

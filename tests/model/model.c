@@ -1585,7 +1585,7 @@ static void op_name(struct model *m, struct model_input *in)
     struct mname *n = &ch->names[ch->nnames++];
     n->off = (uint32_t)off;
     n->size = (uint32_t)size;
-    snprintf(n->text, sizeof n->text, "%s", text);
+    snprintf(n->text, sizeof n->text, "%.39s", text);
     n->long_name = text == longest;
 }
 
