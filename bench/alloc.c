@@ -2,10 +2,11 @@
  * bench/alloc: what W^X code memory costs.
  *
  *   1. 1,000,000 functions of 64 bytes (and of 1 KiB) allocated, written and sealed: with
- *      libcodecache batching N functions per chunk (one mprotect to seal each chunk), against
+ *      libcodecache batching N functions per chunk (one mprotect to seal each chunk; with the
+ *      dual-mapped backend, CODE_CACHE_DUAL_MAP, no system call to seal), against
  *      (a) one region and one mprotect at the end (the floor: nothing can be cheaper and still
  *      end W^X), (b) one page and one mprotect per function, (c) one mmap per function, and
- *      (d) asmjit's JitAllocator when it was found by configure (bench/alloc_asmjit.cc).
+ *      (d) asmjit's JitAllocator when it was found by configure (bench/asmjit_baseline.cc).
  *   2. code_chunk_alloc alone (a bump inside a chunk), per call; against an inlined bump.
  *   3. Bookkeeping bytes per chunk (code_cache_get_stats().meta_bytes).
  *
@@ -18,6 +19,9 @@
  * Every function written is a real one (mov eax, index; ret; padded with int3), and the last one
  * is called after sealing, so a variant that did not actually produce runnable code fails here
  * rather than looking fast.
+ *
+ * Times are the thread's CPU time (user and system: the page faults and protection changes are
+ * in it), so that the time the shared machine gives to other processes is not counted.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -31,7 +35,7 @@
 
 #include "code_cache.h"
 #include "bench.h"
-#include "alloc_asmjit.h"
+#include "asmjit_baseline.h"
 
 #define PAGE      ((size_t)4096)
 #define MIB       ((size_t)1 << 20)
@@ -74,13 +78,13 @@ static void *map_rw(size_t len)
 static double floor_one_region(size_t fsize)
 {
     size_t len = (size_t)FUNCTIONS * fsize;
-    double t0 = bench_now_ns();
+    double t0 = bench_thread_cpu_ns();
     unsigned char *p = map_rw(len);
     for (uint32_t i = 0; i < FUNCTIONS; i++)
         write_function(p + (size_t)i * fsize, fsize, i);
     if (mprotect(p, len, PROT_READ | PROT_EXEC) != 0)
         die("alloc: mprotect");
-    double t = bench_now_ns() - t0;
+    double t = bench_thread_cpu_ns() - t0;
     check_function(p + (size_t)(FUNCTIONS - 1) * fsize, FUNCTIONS - 1, "one region");
     munmap(p, len);
     return t;
@@ -90,7 +94,7 @@ static double floor_one_region(size_t fsize)
 static double page_per_function(size_t fsize)
 {
     size_t len = (size_t)FUNCTIONS * PAGE;
-    double t0 = bench_now_ns();
+    double t0 = bench_thread_cpu_ns();
     unsigned char *p = map_rw(len);
     for (uint32_t i = 0; i < FUNCTIONS; i++) {
         unsigned char *f = p + (size_t)i * PAGE;
@@ -98,7 +102,7 @@ static double page_per_function(size_t fsize)
         if (mprotect(f, PAGE, PROT_READ | PROT_EXEC) != 0)
             die("alloc: mprotect (page per function)");
     }
-    double t = bench_now_ns() - t0;
+    double t = bench_thread_cpu_ns() - t0;
     check_function(p + (size_t)(FUNCTIONS - 1) * PAGE, FUNCTIONS - 1, "page per function");
     munmap(p, len);
     return t;
@@ -117,7 +121,7 @@ static double mmap_per_function(size_t fsize)
     if (maps == NULL)
         die("alloc: malloc");
     size_t len = (fsize + PAGE - 1) / PAGE * PAGE;
-    double t0 = bench_now_ns();
+    double t0 = bench_thread_cpu_ns();
     for (uint32_t i = 0; i < FUNCTIONS; i++) {
         void *f = map_rw(len);
         write_function(f, fsize, i);
@@ -125,7 +129,7 @@ static double mmap_per_function(size_t fsize)
             die("alloc: mprotect (mmap per function)");
         maps[i] = f;
     }
-    double t = bench_now_ns() - t0;
+    double t = bench_thread_cpu_ns() - t0;
     check_function(maps[FUNCTIONS - 1], FUNCTIONS - 1, "mmap per function");
     /* Untimed clean-up, sorted so that neighbouring mappings go in one munmap. */
     qsort(maps, FUNCTIONS, sizeof *maps, compare_pointers);
@@ -140,14 +144,14 @@ static double mmap_per_function(size_t fsize)
     return t;
 }
 
-/* libcodecache, per_chunk functions per chunk, one seal per chunk. */
-static double cache_batched(size_t fsize, size_t per_chunk, int *failed)
+/* libcodecache, per_chunk functions per chunk, one seal per chunk; flags picks the backend. */
+static double cache_batched(size_t fsize, size_t per_chunk, unsigned flags, int *failed)
 {
     size_t chunk_bytes = (per_chunk * fsize + PAGE - 1) / PAGE * PAGE;
     size_t chunks = (FUNCTIONS + per_chunk - 1) / per_chunk;
-    struct code_cache_options o = {.size = chunks * chunk_bytes};
+    struct code_cache_options o = {.size = chunks * chunk_bytes, .flags = flags};
     const void *last = NULL;
-    double t0 = bench_now_ns();
+    double t0 = bench_thread_cpu_ns();
     struct code_cache *cache = code_cache_create(&o);
     if (cache == NULL) {
         *failed = errno;
@@ -177,7 +181,7 @@ static double cache_batched(size_t fsize, size_t per_chunk, int *failed)
             return 0;
         }
     }
-    double t = bench_now_ns() - t0;
+    double t = bench_thread_cpu_ns() - t0;
     check_function(last, FUNCTIONS - 1, "libcodecache");
     code_cache_destroy(cache);
     return t;
@@ -187,9 +191,9 @@ static void million_functions(size_t fsize, int reps)
 {
     static const size_t batches[] = {1, 16, 256, 4096};
     enum { NB = sizeof batches / sizeof batches[0] };
-    struct bench_samples floor = {0}, page = {0}, lib[NB] = {{0}};
+    struct bench_samples floor = {0}, page = {0}, lib[NB] = {{0}}, dual[NB] = {{0}};
     struct bench_samples jit = {0}, jit_dual = {0};
-    int failed[NB] = {0};
+    int failed[NB] = {0}, dual_failed[NB] = {0};
     bench_code_template(template_code, fsize);
     /* Interleaved: each repetition measures every variant once, so slow phases of a noisy
      * machine spread over all of them instead of landing on one. */
@@ -197,11 +201,17 @@ static void million_functions(size_t fsize, int reps)
         bench_add(&floor, floor_one_region(fsize));
         for (size_t b = 0; b < NB; b++) {
             int err = 0;
-            double t = cache_batched(fsize, batches[b], &err);
+            double t = cache_batched(fsize, batches[b], 0, &err);
             if (err != 0)
                 failed[b] = err;
             else
                 bench_add(&lib[b], t);
+            err = 0;
+            t = cache_batched(fsize, batches[b], CODE_CACHE_DUAL_MAP, &err);
+            if (err != 0)
+                dual_failed[b] = err;
+            else
+                bench_add(&dual[b], t);
         }
         bench_add(&page, page_per_function(fsize));
 #ifdef BENCH_HAVE_ASMJIT
@@ -229,6 +239,20 @@ static void million_functions(size_t fsize, int reps)
             bench_note("libcodecache %zu per chunk failed: %s", batches[b], strerror(failed[b]));
         bench_free(&lib[b]);
     }
+    for (size_t b = 0; b < NB; b++) {
+        struct bench_summary ds = bench_summarize(&dual[b]);
+        snprintf(name, sizeof name, "alloc/%zuB/libcodecache dual %zu per chunk", fsize,
+                 batches[b]);
+        bench_line(name, "ns", &ds, "one-region-one-mprotect", &fs);
+        if (js.n > 0)
+            bench_line(name, "ns", &ds, "asmjit-JitAllocator", &js);
+        if (jds.n > 0)
+            bench_line(name, "ns", &ds, "asmjit-JitAllocator-dual", &jds);
+        if (dual_failed[b] != 0)
+            bench_note("libcodecache dual %zu per chunk failed: %s", batches[b],
+                       strerror(dual_failed[b]));
+        bench_free(&dual[b]);
+    }
     snprintf(name, sizeof name, "alloc/%zuB/page-per-function (mprotect each)", fsize);
     bench_line(name, "ns", &ps, "one-region-one-mprotect", &fs);
 #ifdef BENCH_HAVE_ASMJIT
@@ -242,7 +266,6 @@ static void million_functions(size_t fsize, int reps)
 #else
     bench_note("asmjit's JitAllocator not measured: configure did not find libasmjit-dev");
 #endif
-    bench_note("libcodecache's dual-map backend does not exist yet: not measured");
     bench_free(&floor);
     bench_free(&page);
     bench_free(&jit);
@@ -303,21 +326,21 @@ static void chunk_alloc_alone(int reps)
         struct code_chunk *chunk = code_cache_alloc(cache, (size_t)BUMPS * 64);
         if (chunk == NULL)
             die("alloc: code_cache_alloc (bump)");
-        double t0 = bench_now_ns();
+        double t0 = bench_thread_cpu_ns();
         for (int i = 0; i < BUMPS; i++) {
             struct code_span s = code_chunk_alloc(chunk, 64, 16);
             BENCH_KEEP(s.rw);
         }
-        bench_add(&lib, (bench_now_ns() - t0) / BUMPS);
+        bench_add(&lib, (bench_thread_cpu_ns() - t0) / BUMPS);
         code_chunk_free(chunk);
 
         struct bump b = {.base = (unsigned char *)&b, .size = (size_t)BUMPS * 64};
-        t0 = bench_now_ns();
+        t0 = bench_thread_cpu_ns();
         for (int i = 0; i < BUMPS; i++) {
             void *p = bump_inline(&b, 64, 16);
             BENCH_KEEP(p);
         }
-        bench_add(&inl, (bench_now_ns() - t0) / BUMPS);
+        bench_add(&inl, (bench_thread_cpu_ns() - t0) / BUMPS);
     }
     struct bench_summary ls = bench_summarize(&lib), is = bench_summarize(&inl);
     printf("alloc: code_chunk_alloc(chunk, 64, 16) alone, %d calls per repetition\n", BUMPS);

@@ -19,6 +19,10 @@ extern "C" {
 /* Nanoseconds on CLOCK_MONOTONIC. */
 double bench_now_ns(void);
 
+/* Nanoseconds of CPU time of the calling thread, user and system (CLOCK_THREAD_CPUTIME_ID): what
+ * a single-threaded loop costs, without the time the machine gave to other processes. */
+double bench_thread_cpu_ns(void);
+
 /* A growable array of samples of one figure, in its unit (ns, bytes...). */
 struct bench_samples {
     double *v;

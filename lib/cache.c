@@ -44,8 +44,18 @@ static const unsigned known_flags =
 #define CACHE_AHEAD_MIN ((size_t)64 << 10)
 #define CACHE_AHEAD_MAX ((size_t)1 << 20)
 
-/* Freed bytes kept ready (committed) before their whole pages are given back in one batch. */
-#define CACHE_READY_MAX ((size_t)1 << 20)
+/*
+ * Freed spans that are still committed ("ready": the dual backend's trapped spans, the rest of a
+ * step committed into a freed span) cost no system call to hand out again, but reusing them at
+ * once would end the quarantine of freed code. So they are reused first only once
+ * CACHE_READY_QUARANTINE bytes of them wait (the lowest first, which is roughly the oldest): a
+ * stale call into the last megabyte freed still traps. Beyond CACHE_READY_MAX, their whole pages
+ * are given back to the system in a batch, down to the quarantine (cache_release_ready). The gap
+ * between the two is larger than a commit-ahead step, so that a step committed into a freed span
+ * is never given back before it is used.
+ */
+#define CACHE_READY_QUARANTINE ((size_t)1 << 20)
+#define CACHE_READY_MAX        ((size_t)4 << 20)
 
 struct object_extent {
     uintptr_t addr;   /* in */
@@ -95,14 +105,21 @@ static int cache_find_object(const void *near, uintptr_t *lo, uintptr_t *hi)
 
 /*
  * Is executable memory allowed at all (SELinux execmem, PaX, systemd's MemoryDenyWriteExecute,
- * prctl(PR_SET_MDWE), a seccomp filter)? Asked once here, with the low guard page made r-x and
+ * prctl(PR_SET_MDWE), a seccomp filter)? Asked here, with the low guard page made r-x and
  * inaccessible again (two calls on a page that holds no memory), so that a runtime learns it
  * before its JIT has done any work, and can choose its interpreter. EPERM (seccomp's usual
- * answer) and EACCES both mean "denied". The dual backend's trial mapping of its file is its
- * probe (wx_dual.c).
+ * answer) and EACCES both mean "denied". A yes is remembered for the process: the two calls split
+ * and merge the reservation's mapping and cost more than the rest of a create (bench/create), and
+ * a policy that forbids executable memory is set before a program runs its JIT, not in between
+ * two caches (a later refusal still shows, as EACCES from code_chunk_seal). A no is asked again
+ * each time. The dual backend's trial mapping of its file is its probe (wx_dual.c).
  */
+static bool cache_exec_allowed;
+
 static int cache_probe_exec(struct code_cache *cache)
 {
+    if (__atomic_load_n(&cache_exec_allowed, __ATOMIC_RELAXED))
+        return 0;
     void *guard = (void *)cache->map_base;
     if (wx_protect(cache, cache->map_base, os_page_size, cache->exec_prot) != 0) {
         /* EINVAL with CODE_CACHE_BTI: this kernel or CPU has no BTI. */
@@ -112,7 +129,22 @@ static int cache_probe_exec(struct code_cache *cache)
         }
         return -1;
     }
-    return wx_protect(cache, (uintptr_t)guard, os_page_size, PROT_NONE);
+    if (wx_protect(cache, (uintptr_t)guard, os_page_size, PROT_NONE) != 0)
+        return -1;
+    /* With PROT_BTI the answer is about BTI pages only; plain r-x is asked again. */
+    if (cache->exec_prot == (PROT_READ | PROT_EXEC))
+        __atomic_store_n(&cache_exec_allowed, true, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* The ready granules at which the next batch release runs, ready being what is ready now: at
+ * least CACHE_READY_MAX, and far enough above what a pass could not give back (scattered, not
+ * whole pages) that frees do not rescan for it every time. */
+static size_t cache_release_due(const struct code_cache *cache, size_t ready)
+{
+    const size_t floor = CACHE_READY_MAX >> cache->granule_shift;
+    const size_t slack = (CACHE_READY_MAX - CACHE_READY_QUARANTINE) >> cache->granule_shift;
+    return ready + slack > floor ? ready + slack : floor;
 }
 
 struct code_cache *code_cache_create(const struct code_cache_options *opts)
@@ -190,7 +222,7 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
     cache->reach = reach;
     cache->near = opts->near;
     cache->ahead_step = CACHE_AHEAD_MIN;
-    cache->release_due = CACHE_READY_MAX >> cache->granule_shift;
+    cache->release_due = cache_release_due(cache, 0);
     cache->fork_generation = wx_fork_generation();
     spans_init(&cache->spans, cache->ngranules);
     table_init(&cache->records, sizeof(struct code_chunk), 6);
@@ -442,15 +474,22 @@ static int cache_take_freed(struct code_cache *cache, size_t first, size_t n)
     return committed == 0 ? -1 : 0;
 }
 
-/* The lowest freed span of n granules, a ready one first. */
-static size_t cache_find_freed(struct code_cache *cache, size_t n)
+/* The lowest ready freed span of n granules, or SIZE_MAX. */
+static size_t cache_find_ready(struct code_cache *cache, size_t n)
 {
     size_t start, end;
     for (size_t i = 0; spans_next_run(&cache->spans, SPANS_READY, i, SIZE_MAX, &start, &end);
          i = end)
         if (end - start >= n)
             return start;
-    return spans_find(&cache->spans, n);
+    return SIZE_MAX;
+}
+
+/* The lowest freed span of n granules, a ready one first. */
+static size_t cache_find_freed(struct code_cache *cache, size_t n)
+{
+    size_t first = cache_find_ready(cache, n);
+    return first != SIZE_MAX ? first : spans_find(&cache->spans, n);
 }
 
 struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
@@ -484,6 +523,9 @@ struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
          * wait that the mappings they cost matter (CACHE_QUARANTINE_HOLES). */
         bool crowded = spans_holes(&cache->spans) >= CACHE_QUARANTINE_HOLES;
         size_t first = crowded ? cache_find_freed(cache, n) : SIZE_MAX;
+        if (first == SIZE_MAX && cache->free_granules - cache->cold_granules >=
+                                     CACHE_READY_QUARANTINE >> cache->granule_shift)
+            first = cache_find_ready(cache, n);
         if (first == SIZE_MAX && n <= cache->ngranules - cache->bump) {
             first = cache->bump;
             if (spans_reserve(&cache->spans, &cache->meta, first + n) != 0 ||
@@ -582,6 +624,22 @@ static void cache_release_ready(struct code_cache *cache)
         if (nruns == 0)
             break;
         passes++;
+        /* Down to the quarantine, not below: the last megabyte freed stays trapped. */
+        size_t keep = CACHE_READY_QUARANTINE >> cache->granule_shift;
+        size_t ready = cache->free_granules - cache->cold_granules;
+        size_t excess = ready > keep ? ready - keep : 0, taken = 0;
+        for (size_t i = 0; i < nruns; i++) {
+            if (taken >= excess) {
+                nruns = i;
+                break;
+            }
+            size_t len = runs[i].end - runs[i].start;
+            if (len > excess - taken)
+                runs[i].end = runs[i].start + align_up(excess - taken, pg);
+            taken += runs[i].end - runs[i].start;
+        }
+        if (nruns == 0)
+            break;
         for (size_t i = 0; i < nruns; i++) {
             spans_take(s, runs[i].start, runs[i].end - runs[i].start);
             cache->free_granules -= runs[i].end - runs[i].start;
@@ -606,8 +664,7 @@ static void cache_release_ready(struct code_cache *cache)
         }
     }
     /* Fragmented free space may hold few whole pages: do not rescan at every free for them. */
-    cache->release_due =
-        cache->free_granules - cache->cold_granules + (CACHE_READY_MAX >> cache->granule_shift);
+    cache->release_due = cache_release_due(cache, cache->free_granules - cache->cold_granules);
     if (given_back > 0)
         debug_log("free: %zu free bytes given back to the system in %zu pass(es)",
                   given_back << cache->granule_shift, passes);
@@ -647,12 +704,11 @@ void cache_reclaim(struct code_cache *cache, struct code_chunk *chunk, bool seal
     cache->live_granules -= n;
     chunks_retire(cache, chunk);
     cache_end_outside(cache);
-    /* The next batch is due CACHE_READY_MAX bytes above what is ready now (allocations may have
-     * taken ready granules since the last batch). */
+    /* Allocations may have taken ready granules since the last batch: the next one is due that
+     * much earlier. */
     const size_t ready = cache->free_granules - cache->cold_granules;
-    const size_t slack = CACHE_READY_MAX >> shift;
-    if (cache->release_due > ready + slack)
-        cache->release_due = ready + slack;
+    if (cache->release_due > cache_release_due(cache, ready))
+        cache->release_due = cache_release_due(cache, ready);
     if (!frozen && ready >= cache->release_due)
         cache_release_ready(cache);
     pthread_mutex_unlock(&cache->lock);
@@ -734,11 +790,11 @@ int code_cache_reset(struct code_cache *cache)
         cache_thaw_chunks(cache, false);
         errno = saved;
     } else {
+        find_clear(cache, 0, cache->bump); /* before the records are called freed */
         cache_thaw_chunks(cache, true);
-        find_clear(cache, 0, cache->bump);
         spans_clear(&cache->spans);
         cache->bump = cache->ahead = 0;
-        cache->release_due = CACHE_READY_MAX >> cache->granule_shift;
+        cache->release_due = cache_release_due(cache, 0);
         cache->live_granules = cache->free_granules = cache->cold_granules = 0;
         cache->retired_granules = 0;
         __atomic_store_n(&cache->open_chunks, 0, __ATOMIC_RELAXED);

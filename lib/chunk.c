@@ -398,14 +398,17 @@ void code_chunk_free(struct code_chunk *chunk)
                     (void *)chunk);
             abort();
         }
+        /* Clear its lookup words while the chunk is still live: a code_cache_find that sees
+         * its id has found a chunk that was OPEN or SEALED at that instant, never one that
+         * code_chunk_span already calls gone. Idempotent if the exchange must be retried. */
+        uint64_t extent = chunk_load_extent(chunk);
+        find_clear(cache, chunk_first(extent), chunk_granules(extent));
         if (__atomic_compare_exchange_n(&chunk->state, &state, CHUNK_FREEING, false,
                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             break;
     }
     __atomic_fetch_sub(state == CHUNK_OPEN ? &cache->open_chunks : &cache->sealed_chunks, 1,
                        __ATOMIC_RELAXED);
-    uint64_t extent = chunk_load_extent(chunk);
-    find_clear(cache, chunk_first(extent), chunk_granules(extent));
     cache->in_flight++;
     cache_unlock(cache);
     cache_reclaim(cache, chunk, state == CHUNK_SEALED);

@@ -131,6 +131,12 @@ void *os_map_file(void *addr, size_t len, int prot, int fd, size_t off, bool fix
     return p == MAP_FAILED ? NULL : p;
 }
 
+void *os_map_file_populated(void *addr, size_t len, int prot, int fd, size_t off)
+{
+    void *p = mmap(addr, len, prot, MAP_SHARED | MAP_FIXED | MAP_POPULATE, fd, (off_t)off);
+    return p == MAP_FAILED ? NULL : p;
+}
+
 uint64_t os_random(void)
 {
     uint64_t r;

@@ -38,6 +38,9 @@ void os_close(int fd);
 /* Maps [off, off + len) of fd, MAP_SHARED, with prot: at exactly addr (MAP_FIXED, over a
  * reservation of ours) when fixed, else anywhere. NULL + errno. */
 void *os_map_file(void *addr, size_t len, int prot, int fd, size_t off, bool fixed);
+/* The same at exactly addr, with the page tables filled in the same call (MAP_POPULATE): the
+ * pages are in the file already, and the first call into each would otherwise fault. */
+void *os_map_file_populated(void *addr, size_t len, int prot, int fd, size_t off);
 
 /* A random 64-bit value (getrandom, or the clock when it is not available). */
 uint64_t os_random(void);

@@ -298,7 +298,7 @@ static int dual_commit(struct code_cache *cache, size_t off, size_t len, bool di
         return -1;
     arch_fill_trap(rw, rx, len);
     wx_count_syscall(cache);
-    if (os_map_file((void *)rx, len, cache->exec_prot, cache->fd, off, true) == NULL) {
+    if (os_map_file_populated((void *)rx, len, cache->exec_prot, cache->fd, off) == NULL) {
         int saved = errno;
         wx_count_syscall(cache);
         os_punch(cache->fd, off, len);

@@ -1,7 +1,8 @@
 /*
  * Chunks: JIT code that really runs, functions packed into one chunk, veneers, the rules of
  * code_chunk_alloc, bump-before-reuse, coalescing, a full cache, and the statistics. The maps are
- * checked after every operation (check_maps: no rwx, exact accessible bytes).
+ * checked after every operation (check_maps: no rwx, exact accessible bytes, both views).
+ * Run once per backend (helpers.h); what differs is read from the statistics.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -16,8 +17,7 @@ static struct code_chunk *alloc_checked(struct code_cache *cache, size_t size)
     struct code_chunk *chunk = code_cache_alloc(cache, size);
     cr_assert_not_null(chunk, "code_cache_alloc(%zu): %s", size, strerror(errno));
     check_maps(cache);
-    struct code_span span = code_chunk_span(chunk);
-    expect_prot(span.rx, span.size, "rw-");
+    expect_open_chunk(chunk);
     return chunk;
 }
 
@@ -25,8 +25,7 @@ static void seal_checked(struct code_cache *cache, struct code_chunk *chunk)
 {
     cr_assert_eq(code_chunk_seal(chunk), 0, "code_chunk_seal: %s", strerror(errno));
     check_maps(cache);
-    struct code_span span = code_chunk_span(chunk);
-    expect_prot(span.rx, span.size, "r-x");
+    expect_sealed_chunk(chunk);
 }
 
 static void free_checked(struct code_cache *cache, struct code_chunk *chunk)
@@ -34,7 +33,36 @@ static void free_checked(struct code_cache *cache, struct code_chunk *chunk)
     struct code_span span = code_chunk_span(chunk);
     code_chunk_free(chunk);
     check_maps(cache);
-    expect_prot(span.rx, span.size, "---");
+    expect_freed_span(span);
+}
+
+static struct code_cache_stats stats(const struct code_cache *cache)
+{
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    return st;
+}
+
+static size_t round_up(size_t size, size_t granule)
+{
+    return (size + granule - 1) / granule * granule;
+}
+
+/*
+ * What each operation costs in system calls, and how many of them are protection changes, by
+ * backend. mprotect: create probes exec permission (r-x and back), a commit is mprotect rw- and a
+ * populate, a seal one mprotect, a free mprotect --- and a discard. Dual: nothing is ever
+ * mprotect'ed; a commit populates the file and maps it r-x, a seal and a free make no call.
+ */
+struct costs {
+    size_t commit, commit_prot, seal, free, free_prot; /* a seal is a protection change or none */
+};
+
+static struct costs costs_of(const struct code_cache *cache)
+{
+    if (test_cache_is_dual(cache))
+        return (struct costs){.commit = 2, .commit_prot = 0, .seal = 0, .free = 0, .free_prot = 0};
+    return (struct costs){.commit = 2, .commit_prot = 1, .seal = 1, .free = 2, .free_prot = 1};
 }
 
 static uintptr_t chunk_base(const struct code_chunk *chunk)
@@ -46,7 +74,8 @@ Test(chunk, runs_a_function_that_calls_a_helper_with_call_rel32)
 {
     struct code_cache *cache = test_cache_near_helper(1 << 20);
     struct code_chunk *chunk = alloc_checked(cache, 100);
-    cr_assert_eq(code_chunk_span(chunk).size, PAGE, "a chunk is rounded up to pages");
+    cr_assert_eq(code_chunk_span(chunk).size, round_up(100, stats(cache).granule),
+                 "a chunk is rounded up to the granule");
     cr_assert_eq(code_chunk_call_target(chunk, (const void *)helper_triple),
                  (const void *)helper_triple, "the helper is reached directly, no veneer");
     jit_fn fn = emit_call(chunk, helper_triple, 14);
@@ -95,8 +124,9 @@ Test(chunk, packs_many_functions_in_one_chunk_sealed_at_once)
     seal_checked(cache, chunk);
     seal_checked(cache, calls);
     code_cache_get_stats(cache, &after);
-    cr_assert_eq(after.protection_changes - before.protection_changes, 2,
-                 "one protection change per chunk, however many functions");
+    cr_assert_eq(after.protection_changes - before.protection_changes, 2 * costs_of(cache).seal,
+                 "one protection change per chunk (none with dual), however many functions");
+    cr_assert_eq(after.system_calls - before.system_calls, 2 * costs_of(cache).seal);
 
     for (size_t i = 0; i < n; i++)
         cr_assert_eq(fns[i](), expect[i], "function %zu", i);
@@ -193,7 +223,7 @@ Test(chunk, veneers_and_functions_never_overlap)
             struct code_span s = code_chunk_alloc(chunk, 24, 8);
             if (s.rw == NULL)
                 break;
-            highest_fn = (uintptr_t)s.rw + s.size;
+            highest_fn = (uintptr_t)s.rx + s.size;
         }
         cr_assert_leq(highest_fn, lowest_veneer);
     }
@@ -207,6 +237,8 @@ Test(chunk, function_allocation_follows_size_and_alignment_rules)
     struct code_cache *cache = test_cache_near_helper(1 << 20);
     struct code_chunk *chunk = alloc_checked(cache, PAGE);
     uintptr_t base = chunk_base(chunk);
+    const ptrdiff_t rw_minus_rx =
+        (char *)code_chunk_span(chunk).rw - (char *)code_chunk_span(chunk).rx;
 
     static const size_t bad_aligns[] = {3, 6, 24, 100};
     for (size_t i = 0; i < sizeof bad_aligns / sizeof bad_aligns[0]; i++) {
@@ -234,19 +266,21 @@ Test(chunk, function_allocation_follows_size_and_alignment_rules)
     cr_assert_eq(errno, ENOSPC);
 
     struct code_span a = code_chunk_alloc(chunk, 3, 0);
-    cr_assert_eq((uintptr_t)a.rw, base, "align 0 means 1; the first function is at the base");
-    cr_assert_eq(a.rw, a.rx);
+    cr_assert_eq((uintptr_t)a.rx, base, "align 0 means 1; the first function is at the base");
+    cr_assert_eq((char *)a.rw - (char *)a.rx, rw_minus_rx, "written where the chunk is written");
     cr_assert_eq(a.size, 3);
     struct code_span b = code_chunk_alloc(chunk, 5, 64);
-    cr_assert_eq((uintptr_t)b.rw, base + 64);
+    cr_assert_eq((uintptr_t)b.rx, base + 64);
+    cr_assert_eq((char *)b.rw - (char *)b.rx, rw_minus_rx);
     struct code_span c = code_chunk_alloc(chunk, 1, 1);
-    cr_assert_eq((uintptr_t)c.rw, base + 69, "packed right after the previous one");
+    cr_assert_eq((uintptr_t)c.rx, base + 69, "packed right after the previous one");
     errno = 0;
     struct code_span d = code_chunk_alloc(chunk, 16, PAGE);
     cr_assert_null(d.rw, "the next page-aligned address is past the chunk");
     cr_assert_eq(errno, ENOSPC);
     struct code_span rest = code_chunk_alloc(chunk, PAGE - 70, 1);
-    cr_assert_eq((uintptr_t)rest.rw, base + 70, "a failed allocation consumed nothing");
+    cr_assert_eq((uintptr_t)rest.rx, base + 70, "a failed allocation consumed nothing");
+    cr_assert_eq((char *)rest.rw - (char *)rest.rx, rw_minus_rx);
     errno = 0;
     cr_assert_null(code_chunk_alloc(chunk, 1, 1).rw, "full to the last byte");
     cr_assert_eq(errno, ENOSPC);
@@ -353,8 +387,8 @@ Test(chunk, freed_spans_are_reused_only_when_never_used_space_runs_out)
 
     struct code_chunk *again = alloc_checked(cache, PAGE);
     cr_assert_eq(chunk_base(again), st.base, "then the freed span is reused");
-    /* Its memory is fresh: the old content was given back. */
-    expect_zero_chunk(again);
+    /* Its memory is fresh: the old content was given back (mprotect: zeroes) or trapped (dual). */
+    expect_fresh_chunk(again);
 
     errno = 0;
     cr_assert_null(code_cache_alloc(cache, PAGE));
@@ -438,17 +472,67 @@ Test(chunk, full_cache_fails_with_ENOSPC_and_stays_usable)
     (void)last;
 }
 
+Test(chunk, chunks_are_rounded_up_to_the_granule_and_bumped_side_by_side)
+{
+    struct code_cache *cache = test_cache_near_helper(64 * PAGE);
+    const size_t granule = stats(cache).granule;
+    cr_assert_eq(granule, test_dual() ? 64 : PAGE, "a page (mprotect) or 64 bytes (dual)");
+    static const size_t sizes[] = {1, 63, 64, 65, 200, 1000, 4095, 4097};
+    enum { N = sizeof sizes / sizeof sizes[0] };
+    struct code_chunk *c[N];
+    uintptr_t next = stats(cache).base;
+    size_t in_use = 0;
+    for (size_t i = 0; i < N; i++) {
+        c[i] = alloc_checked(cache, sizes[i]);
+        struct code_span span = code_chunk_span(c[i]);
+        cr_assert_eq(span.size, round_up(sizes[i], granule), "size %zu", sizes[i]);
+        cr_assert_eq((uintptr_t)span.rx, next, "size %zu: right after the previous chunk",
+                     sizes[i]);
+        next += span.size;
+        in_use += span.size;
+        cr_assert_eq(stats(cache).in_use, in_use);
+        expect_fresh_chunk(c[i]);
+        /* Each chunk gets its own function, at its first byte and filling it. */
+        struct code_span all = code_chunk_alloc(c[i], span.size, 1);
+        cr_assert_eq(all.rx, span.rx);
+        fill_return(all, (int)i);
+    }
+    for (size_t i = 0; i < N; i++)
+        seal_checked(cache, c[i]);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_eq(((jit_fn)code_chunk_span(c[i]).rx)(), (int)i);
+    for (size_t i = 0; i < N; i++)
+        free_checked(cache, c[i]);
+    code_cache_destroy(cache);
+}
+
 Test(chunk, statistics_follow_every_operation)
 {
     struct code_cache *cache = test_cache_near_helper(64 * PAGE);
+    const struct costs cost = costs_of(cache);
+    const bool dual = test_cache_is_dual(cache);
     /* Committing ahead of the bump pointer goes in steps of 64 KiB at first. */
     const size_t step = (64 * 1024 > PAGE ? 64 * 1024 : PAGE);
     struct code_cache_stats st;
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.reserved, 64 * PAGE);
-    cr_assert_eq(st.granule, PAGE);
-    cr_assert_str_eq(st.backend, "mprotect");
-    cr_assert_null(st.dual_file);
+    cr_assert_eq(st.granule, dual ? 64 : PAGE);
+    if (dual) {
+        cr_assert_str_eq(st.backend, "dual");
+        cr_assert_not_null(st.dual_file);
+        cr_assert_str_eq(st.dual_file, "memfd", "memfd_create works on these machines");
+        cr_assert_eq(st.protection_changes, 0, "the dual backend never calls mprotect");
+        /* memfd_create (twice on a kernel before 6.3, which refuses MFD_EXEC), ftruncate, the
+         * trial r-x mapping and its munmap, F_ADD_SEALS, the RW view's reservation, its mapping
+         * and MADV_DONTFORK. */
+        cr_assert(st.system_calls == 8 || st.system_calls == 9, "%zu system calls at create",
+                  st.system_calls);
+    } else {
+        cr_assert_str_eq(st.backend, "mprotect");
+        cr_assert_null(st.dual_file);
+        cr_assert_eq(st.protection_changes, 2, "the exec probe: r-x and back");
+        cr_assert_eq(st.system_calls, 2);
+    }
     cr_assert_eq(st.committed, 0);
     cr_assert_eq(st.in_use, 0);
     cr_assert_eq(st.committed_ahead, 0);
@@ -458,23 +542,21 @@ Test(chunk, statistics_follow_every_operation)
     cr_assert_eq(st.retired, 0);
     cr_assert_eq(st.free_spans, 0);
     cr_assert_eq(st.open_chunks + st.sealed_chunks + st.chunks_allocated, 0);
-    cr_assert_eq(st.protection_changes, 2, "the exec probe: r-x and back");
-    cr_assert_eq(st.system_calls, 2);
     cr_assert_gt(st.meta_bytes, 0, "the cache's own record lives in its arena");
     cr_assert_geq(st.meta_resident, st.meta_bytes, "the arena's pages hold at least that");
     cr_assert_eq(st.reach, (size_t)1 << 31);
     cr_assert_eq(st.near, (const void *)helper_triple);
     cr_assert(code_cache_reaches(cache, (const void *)helper_triple));
-    size_t meta0 = st.meta_bytes;
+    const size_t meta0 = st.meta_bytes, prot0 = st.protection_changes, calls0 = st.system_calls;
 
-    /* The first chunk commits itself and a step ahead: one mprotect, one populate. */
+    /* The first chunk commits itself and a step ahead: one commit. */
     struct code_chunk *a = alloc_checked(cache, 2 * PAGE);
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.in_use, 2 * PAGE);
     cr_assert_eq(st.committed_ahead, step);
     cr_assert_eq(st.committed, 2 * PAGE + step);
-    cr_assert_eq(st.protection_changes, 3);
-    cr_assert_eq(st.system_calls, 4);
+    cr_assert_eq(st.protection_changes, prot0 + cost.commit_prot);
+    cr_assert_eq(st.system_calls, calls0 + cost.commit);
     /* The second comes from the step: no system call at all. */
     struct code_chunk *b = alloc_checked(cache, 3 * PAGE);
     code_cache_get_stats(cache, &st);
@@ -486,33 +568,39 @@ Test(chunk, statistics_follow_every_operation)
     cr_assert_eq(st.open_chunks, 2);
     cr_assert_eq(st.sealed_chunks, 0);
     cr_assert_eq(st.chunks_allocated, 2);
-    cr_assert_eq(st.system_calls, 4, "an allocation from the step makes no system call");
+    cr_assert_eq(st.system_calls, calls0 + cost.commit,
+                 "an allocation from the step makes no system call");
     cr_assert_gt(st.meta_bytes, meta0, "chunk records");
 
     seal_checked(cache, a);
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.open_chunks, 1);
     cr_assert_eq(st.sealed_chunks, 1);
-    cr_assert_eq(st.protection_changes, 4);
-    cr_assert_eq(st.system_calls, 5, "a seal is one mprotect");
+    cr_assert_eq(st.protection_changes, prot0 + cost.commit_prot + cost.seal);
+    cr_assert_eq(st.system_calls, calls0 + cost.commit + cost.seal,
+                 "a seal is one mprotect (mprotect) or no call (dual)");
 
     free_checked(cache, a);
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.in_use, 3 * PAGE);
-    cr_assert_eq(st.committed, 3 * PAGE + step - 3 * PAGE);
+    /* mprotect gives a freed span back at once; dual keeps it committed and trapped, ready. */
+    cr_assert_eq(st.free_ready, dual ? 2 * PAGE : 0);
+    cr_assert_eq(st.committed, 3 * PAGE + step - 3 * PAGE + st.free_ready);
     cr_assert_eq(st.free, 61 * PAGE);
     cr_assert_eq(st.never_used, 59 * PAGE);
     cr_assert_eq(st.free_spans, 1);
     cr_assert_eq(st.open_chunks, 1);
     cr_assert_eq(st.sealed_chunks, 0);
     cr_assert_eq(st.chunks_allocated, 2);
-    cr_assert_eq(st.protection_changes, 5);
-    cr_assert_eq(st.system_calls, 7, "a free is mprotect and madvise");
+    cr_assert_eq(st.protection_changes, prot0 + cost.commit_prot + cost.seal + cost.free_prot);
+    cr_assert_eq(st.system_calls, calls0 + cost.commit + cost.seal + cost.free,
+                 "a free is mprotect and madvise (mprotect) or no call (dual)");
 
     free_checked(cache, b);
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.in_use, 0);
-    cr_assert_eq(st.committed, st.committed_ahead);
+    cr_assert_eq(st.committed, st.committed_ahead + st.free_ready);
+    cr_assert_eq(st.free_ready, dual ? 5 * PAGE : 0);
     cr_assert_eq(st.free, 64 * PAGE);
     cr_assert_eq(st.free_spans, 1, "b coalesced with a's span");
     cr_assert_eq(st.open_chunks + st.sealed_chunks, 0);

@@ -2,7 +2,10 @@
  * Misuse that must fault deterministically rather than corrupt anything: writing to sealed code,
  * running code before it is sealed, jumping into the unused tail of a chunk, calling freed code,
  * freeing twice. Each test expects the process to die of one signal, at the expected address
- * (expect_fatal_signal), after checking the maps.
+ * (expect_fatal_signal), after checking the maps. Run once per backend (helpers.h): where the
+ * signal differs by backend (an inaccessible page raises SIGSEGV, the dual backend's traps
+ * SIGTRAP), the fault happens in a child process (expect_child_fault) and the test names the
+ * signal it expects.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -39,17 +42,30 @@ Test(chunk_faults, writing_to_a_sealed_chunk_faults, .signal = SIGSEGV)
     cr_assert_fail("a write to sealed code went through");
 }
 
-Test(chunk_faults, running_an_open_chunk_faults, .signal = SIGSEGV)
+static void run_arg(void *code)
+{
+    run(code);
+}
+
+/* mprotect: an OPEN chunk is rw-, so nothing in it runs. Dual: the RX view is r-x from the start
+ * (sealing changes no protection), so code written there before the seal is not stopped by the
+ * hardware; what stops a stray jump is that every byte not written yet is a trap. */
+Test(chunk_faults, running_an_open_chunk_faults)
 {
     struct code_cache *cache = test_cache_near_helper(1 << 20);
+    const bool dual = test_cache_is_dual(cache);
     struct code_chunk *chunk = code_cache_alloc(cache, PAGE);
     cr_assert_not_null(chunk);
     jit_fn fn = emit_return(chunk, 1);
     check_maps(cache);
-    expect_prot((const void *)fn, 1, "rw-");
-    expect_fatal_signal(SIGSEGV, (const void *)fn, (const char *)fn + 1);
-    run((const void *)fn);
-    cr_assert_fail("code ran before it was sealed");
+    expect_open_chunk(chunk);
+    const unsigned char *unwritten = (const unsigned char *)fn + 64;
+    if (!dual)
+        expect_child_fault(SIGSEGV, (const void *)fn, (const char *)fn + 1, run_arg, (void *)fn);
+    expect_child_fault(dual ? SIGTRAP : SIGSEGV, unwritten, unwritten + 1, run_arg,
+                       (void *)unwritten);
+    check_maps(cache);
+    code_cache_destroy(cache);
 }
 
 Test(chunk_faults, running_the_unused_tail_of_a_sealed_chunk_traps, .signal = SIGTRAP)
@@ -85,14 +101,18 @@ Test(chunk_faults, the_gap_between_functions_and_veneers_traps, .signal = SIGTRA
     cr_assert_fail("the gap below the veneers did not trap");
 }
 
-Test(chunk_faults, calling_freed_code_faults, .signal = SIGSEGV)
+/* mprotect: a freed span is --- (SIGSEGV). Dual: it is filled with traps at once (SIGTRAP), and
+ * becomes --- only when its pages are given back in a batch. */
+Test(chunk_faults, calling_freed_code_faults)
 {
     struct code_cache *cache = test_cache_near_helper(1 << 20);
+    const bool dual = test_cache_is_dual(cache);
     struct code_chunk *chunk = code_cache_alloc(cache, PAGE);
     cr_assert_not_null(chunk);
     jit_fn fn = emit_call(chunk, helper_triple, 2);
     cr_assert_eq(code_chunk_seal(chunk), 0);
     cr_assert_eq(fn(), 7);
+    struct code_span span = code_chunk_span(chunk);
     code_chunk_free(chunk);
     check_maps(cache);
     /* Other chunks come and go: the freed span stays in quarantine while the cache bumps. */
@@ -103,23 +123,29 @@ Test(chunk_faults, calling_freed_code_faults, .signal = SIGSEGV)
         cr_assert_eq(code_chunk_seal(other), 0);
         check_maps(cache);
     }
-    expect_prot((const void *)fn, PAGE, "---");
-    expect_fatal_signal(SIGSEGV, (const void *)fn, (const char *)fn + 1);
-    fn();
-    cr_assert_fail("freed code ran");
+    expect_freed_span(span);
+    expect_prot((const void *)fn, PAGE, dual ? "r-x" : "---");
+    expect_child_fault(dual ? SIGTRAP : SIGSEGV, (const void *)fn, (const char *)fn + 1, run_arg,
+                       (void *)fn);
+    code_cache_destroy(cache);
 }
 
+/* Through the address where the chunk runs: mprotect makes it ---, and the dual backend's RX view
+ * is never writable. (The dual backend's RW view is the file itself, rw- for the life of the
+ * cache: a stale write through a freed chunk's .rw does not fault there.) */
 Test(chunk_faults, writing_to_a_freed_open_chunk_faults, .signal = SIGSEGV)
 {
     struct code_cache *cache = test_cache_near_helper(1 << 20);
     struct code_chunk *chunk = code_cache_alloc(cache, 2 * PAGE);
     cr_assert_not_null(chunk);
-    unsigned char *rw = code_chunk_span(chunk).rw;
-    memset(rw, 0x90, 2 * PAGE);
+    struct code_span span = code_chunk_span(chunk);
+    memset(span.rw, 0x90, 2 * PAGE);
     code_chunk_free(chunk);
     check_maps(cache);
-    expect_fatal_signal(SIGSEGV, rw + PAGE, rw + PAGE + 1);
-    poke(rw + PAGE);
+    expect_freed_span(span);
+    unsigned char *rx = span.rx;
+    expect_fatal_signal(SIGSEGV, rx + PAGE, rx + PAGE + 1);
+    poke(rx + PAGE);
     cr_assert_fail("a write to a freed chunk went through");
 }
 

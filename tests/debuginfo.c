@@ -166,7 +166,7 @@ Test(names, are_found_from_any_byte_of_either_view)
             cr_assert_null(code_chunk_name_at(chunk, f + 8, NULL, NULL), "an unnamed function");
             cr_assert_null(code_chunk_name_at(chunk, f + 6, NULL, NULL), "padding");
             cr_assert_null(code_chunk_name_at(chunk, g + 6, NULL, NULL), "past the last");
-            cr_assert_null(code_chunk_name_at(chunk, whole.rx - 1, NULL, NULL));
+            cr_assert_null(code_chunk_name_at(chunk, (const char *)whole.rx - 1, NULL, NULL));
             if (!sealed)
                 cr_assert_eq(code_chunk_seal(chunk), 0);
         }
@@ -177,8 +177,8 @@ Test(names, are_found_from_any_byte_of_either_view)
         cr_assert_str_eq(code_chunk_name_at(chunk, f + 1, NULL, NULL), "jit_f_head");
         cr_assert_str_eq(code_chunk_name_at(chunk, f + 2, NULL, NULL), "jit_f");
         /* The function runs as written: naming does not touch the code. */
-        cr_assert_eq(((jit_fn)f)(), 1);
-        cr_assert_eq(((jit_fn)g)(), 3);
+        cr_assert_eq(((jit_fn)(uintptr_t)f)(), 1);
+        cr_assert_eq(((jit_fn)(uintptr_t)g)(), 3);
         check_maps(cache);
         code_cache_destroy(cache);
     }
@@ -714,7 +714,7 @@ Test(perf, jitdump_without_its_marker_leaves_no_file, .init = jitdump_init, .fin
     snprintf(path, sizeof path, "%s/jit-%ld.dump", jd_dir, (long)getpid());
     cr_assert_eq(access(path, F_OK), -1, "%s was left behind", path);
     cr_assert(!jitdump_marked(getpid()));
-    cr_assert_eq(((jit_fn)f)(), 7);
+    cr_assert_eq(((jit_fn)(uintptr_t)f)(), 7);
     cr_assert_str_eq(code_chunk_name_at(chunk, f, NULL, NULL), "jit_unmarked");
     code_cache_destroy(cache);
 }
@@ -737,7 +737,7 @@ Test(perf, jitdump_ends_with_a_close_record_at_exit, .init = jitdump_init, .fini
     char *data = jitdump_read(child, &len);
     size_t n = jitdump_records(data, len, child, at, 4);
     cr_assert_eq(n, 2);
-    cr_assert_str_eq((const char *)((const struct jd_load *)(data + at[0]) + 1), "jit_spin_alpha");
+    cr_assert_str_eq((const char *)((const struct jd_load *)(const void *)(data + at[0]) + 1), "jit_spin_alpha");
     const struct jd_record *last = (const void *)(data + at[1]);
     cr_assert_eq(last->id, 3, "JIT_CODE_CLOSE");
     cr_assert_eq(last->total_size, sizeof *last);

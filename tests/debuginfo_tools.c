@@ -89,6 +89,7 @@ static void spin(int (**fns)(void), size_t n, double seconds)
         for (size_t i = 0; i < n; i++)
             for (int k = 0; k < 4; k++)
                 sink += fns[i]();
+    (void)sink;
 }
 
 static int run_spin(void)
@@ -130,7 +131,8 @@ static int run_exit(void)
     return 0; /* exit() runs the library's destructor, which ends the jitdump */
 }
 
-/* Where gdb stops: called by JIT code. */
+/* Where gdb stops: called by JIT code (global, so that gdb finds it by name). */
+int debuginfo_tools_helper(int x);
 __attribute__((noinline)) int debuginfo_tools_helper(int x)
 {
     __asm__ volatile("" ::: "memory");

@@ -31,7 +31,7 @@ Test(exec_allocator, sljit_generate_code_run_rewrite_and_free)
         exec_update_wx_flags(code, code + 6, 0);
         write_return(code, 17);
         exec_update_wx_flags(code, code + 6, 1);
-        jit_fn fn = (jit_fn)(code + exec_offset(code));
+        jit_fn fn = (jit_fn)(uintptr_t)(code + exec_offset(code));
         cr_assert_eq(fn(), 17);
         cr_assert_eq(exec_offset(code),
                      (char *)code_chunk_span(code_cache_find(exec_allocator_cache(), code)).rx -

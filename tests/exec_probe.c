@@ -1,7 +1,9 @@
 /*
- * Executable memory denied is known at create: code_cache_create asks once, with its low guard
- * page, whether mprotect(PROT_EXEC) is allowed, and fails with EACCES when it is not (SELinux
- * execmem, PaX, a seccomp filter answering EPERM). Here the refusal is interposed (tests/fault.c);
+ * Executable memory denied is known at create: code_cache_create asks, with its low guard page,
+ * whether mprotect(PROT_EXEC) is allowed, and fails with EACCES when it is not (SELinux execmem,
+ * PaX, a seccomp filter answering EPERM). A yes is remembered for the process, so each test here
+ * (Criterion runs each in a process of its own) warms the arena pool up with the dual backend,
+ * which does not ask, before the refusals. Here the refusal is interposed (tests/fault.c);
  * tests/exec_denied.c makes the kernel itself refuse. The dual-mapped backend never mprotects
  * anything to PROT_EXEC, so it keeps working where only that is denied.
  */
@@ -51,7 +53,7 @@ static void expect_cache_works(unsigned flags)
 
 Test(exec_probe, denied_exec_fails_create_with_EACCES_and_leaves_nothing)
 {
-    expect_cache_works(0); /* warms up the arena pool: leaks are measured from here */
+    expect_cache_works(CODE_CACHE_DUAL_MAP); /* warms up the arena pool: leaks count from here */
     fault_inject(FAULT_MPROTECT, PROT_READ | PROT_EXEC, 0, EACCES);
     expect_create_fails(0, EACCES, "SELinux-style EACCES");
     fault_inject(FAULT_MPROTECT, PROT_READ | PROT_EXEC, 0, EPERM);
@@ -62,7 +64,7 @@ Test(exec_probe, denied_exec_fails_create_with_EACCES_and_leaves_nothing)
 
 Test(exec_probe, other_failures_keep_their_errno)
 {
-    expect_cache_works(0);
+    expect_cache_works(CODE_CACHE_DUAL_MAP);
     fault_inject(FAULT_MPROTECT, PROT_READ | PROT_EXEC, 1, ENOMEM);
     expect_create_fails(0, ENOMEM, "the probe's mprotect fails with ENOMEM");
     /* Making the guard page inaccessible again fails: the cache is not handed out with an
@@ -73,13 +75,27 @@ Test(exec_probe, other_failures_keep_their_errno)
     expect_cache_works(0);
 }
 
-Test(exec_probe, is_two_protection_changes_at_create_and_none_later)
+Test(exec_probe, is_two_protection_changes_once_per_process)
 {
     struct code_cache *cache = test_cache_near_helper(64 * PAGE);
     struct code_cache_stats st;
     code_cache_get_stats(cache, &st);
-    cr_assert_eq(st.protection_changes, 2);
+    cr_assert_eq(st.protection_changes, 2, "the first create asks");
     expect_prot((const void *)(st.base - PAGE), PAGE, "---");
+    struct code_cache *second = test_cache_near_helper(64 * PAGE);
+    code_cache_get_stats(second, &st);
+    cr_assert_eq(st.protection_changes, 0, "the answer is remembered");
+    code_cache_destroy(second);
+    code_cache_destroy(cache);
+    /* Remembered means not asked again: a refusal that comes later shows at the seal. */
+    fault_inject(FAULT_MPROTECT, PROT_READ | PROT_EXEC, 0, EACCES);
+    cache = test_cache_near_helper(64 * PAGE);
+    struct code_chunk *chunk = code_cache_alloc(cache, PAGE);
+    emit_return(chunk, 1);
+    errno = 0;
+    cr_assert_eq(code_chunk_seal(chunk), -1);
+    cr_assert_eq(errno, EACCES);
+    fault_clear();
     code_cache_destroy(cache);
 }
 

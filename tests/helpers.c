@@ -3,17 +3,22 @@
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <ucontext.h>
 #include <unistd.h>
+#include <valgrind/memcheck.h>
 #include <valgrind/valgrind.h>
 
 #include "helpers.h"
@@ -43,13 +48,34 @@ bool test_under_valgrind(void)
     return RUNNING_ON_VALGRIND != 0;
 }
 
-struct code_cache *test_cache_near_helper(size_t size)
+/* ---- The backend under test ---- */
+
+unsigned test_backend_flags(void)
 {
-    struct code_cache_options opts = {.size = size, .near = (const void *)helper_triple};
-    struct code_cache *cache = code_cache_create(&opts);
-    cr_assert_not_null(cache, "code_cache_create near helper_triple: %s", strerror(errno));
-    check_maps(cache);
-    return cache;
+    const char *backend = getenv("CODE_CACHE_TEST_BACKEND");
+    if (backend == NULL || *backend == '\0' || strcmp(backend, "mprotect") == 0)
+        return 0;
+    cr_assert_str_eq(backend, "dual", "CODE_CACHE_TEST_BACKEND=%s: expected mprotect or dual",
+                     backend);
+    return CODE_CACHE_DUAL_MAP;
+}
+
+bool test_dual(void)
+{
+    return (test_backend_flags() & CODE_CACHE_DUAL_MAP) != 0;
+}
+
+const char *test_backend_name(void)
+{
+    return test_dual() ? "dual" : "mprotect";
+}
+
+bool test_cache_is_dual(const struct code_cache *cache)
+{
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    cr_assert_not_null(st.backend);
+    return strcmp(st.backend, "dual") == 0;
 }
 
 /* The whole of a /proc file, read with read(2) into a malloc'd, NUL-terminated buffer. */
@@ -77,9 +103,16 @@ static char *read_proc(const char *path)
     return buf;
 }
 
+/* One line of /proc/self/maps. */
 struct mapping {
     uintptr_t lo, hi;
-    char prot[4];
+    char prot[4];      /* "rwx", "r-x", "---"... */
+    bool shared;       /* 's' rather than 'p' */
+    uintptr_t offset;  /* in the file */
+    char dev[16];      /* "00:01" */
+    unsigned long ino; /* 0: anonymous */
+    const char *path;  /* up to the end of the line; "" when none */
+    size_t path_len;
 };
 
 static uintptr_t parse_hex(const char **pos)
@@ -97,22 +130,254 @@ static uintptr_t parse_hex(const char **pos)
 
 /* The next line of /proc/self/maps, or false at the end. Parsed by hand: sscanf is slow enough
  * under memcheck to dominate the tests that check the maps after every operation. */
-static bool next_mapping(char **pos, struct mapping *m)
+static bool next_mapping(const char **pos, struct mapping *m)
 {
-    const char *p = *pos;
+    const char *p = *pos, *line = p;
     if (*p == '\0')
         return false;
     m->lo = parse_hex(&p);
-    cr_assert_eq(*p, '-', "bad maps line: %.80s", *pos);
+    cr_assert_eq(*p, '-', "bad maps line: %.80s", line);
     p++;
     m->hi = parse_hex(&p);
-    cr_assert_eq(*p, ' ', "bad maps line: %.80s", *pos);
+    cr_assert_eq(*p, ' ', "bad maps line: %.80s", line);
     memcpy(m->prot, p + 1, 3);
     m->prot[3] = '\0';
+    m->shared = p[4] == 's';
+    p += 6;
+    m->offset = parse_hex(&p);
+    cr_assert_eq(*p, ' ', "bad maps line: %.80s", line);
+    p++;
+    size_t dev_len = strcspn(p, " ");
+    cr_assert_lt(dev_len, sizeof m->dev, "bad maps line: %.80s", line);
+    memcpy(m->dev, p, dev_len);
+    m->dev[dev_len] = '\0';
+    p += dev_len;
+    m->ino = 0;
+    while (*p == ' ')
+        p++;
+    while (*p >= '0' && *p <= '9')
+        m->ino = m->ino * 10 + (unsigned long)(*p++ - '0');
+    while (*p == ' ')
+        p++;
     const char *eol = strchr(p, '\n');
-    *pos = (char *)(eol != NULL ? eol + 1 : p + strlen(p));
+    if (eol == NULL)
+        eol = p + strlen(p);
+    m->path = p;
+    m->path_len = (size_t)(eol - p);
+    *pos = *eol != '\0' ? eol + 1 : eol;
     return true;
 }
+
+/* ---- Where a dual-mapped cache's RW view is ---- */
+
+/* Remembered by test_cache_create. An entry is recognised by the cache's address and its base, so
+ * that a destroyed cache's entry is never taken for a new cache at the same address. */
+struct dual_view {
+    const struct code_cache *cache;
+    uintptr_t base, rw;
+    size_t reserved;
+    char dev[16];
+    unsigned long ino;
+    pid_t pid; /* the process that created it: in a fork()ed child the RW view is absent */
+};
+
+enum { VIEWS = 64 };
+static struct dual_view views[VIEWS];
+static unsigned views_next;
+static pthread_mutex_t views_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool same_file(const struct mapping *m, const struct dual_view *v)
+{
+    return m->ino == v->ino && strcmp(m->dev, v->dev) == 0;
+}
+
+/* The path /proc/self/maps shows for the file, by where the library says it came from: a memfd's
+ * name, or an O_TMPFILE file, named #<inode> in its directory, deleted. */
+static bool expected_path(const struct mapping *m, const char *dual_file)
+{
+    char prefix[PATH_MAX];
+    if (strcmp(dual_file, "memfd") == 0) {
+        static const char name[] = "/memfd:codecache (deleted)";
+        return m->path_len == sizeof name - 1 && strncmp(m->path, name, m->path_len) == 0;
+    }
+    if (strcmp(dual_file, "/dev/shm") == 0) {
+        snprintf(prefix, sizeof prefix, "/dev/shm/#");
+    } else {
+        cr_assert_str_eq(dual_file, "$TMPDIR", "unknown stats.dual_file");
+        const char *tmp = getenv("TMPDIR");
+        snprintf(prefix, sizeof prefix, "%s/#", tmp != NULL && *tmp ? tmp : "/tmp");
+    }
+    size_t len = strlen(prefix);
+    static const char deleted[] = " (deleted)";
+    return m->path_len >= len + sizeof deleted - 1 && strncmp(m->path, prefix, len) == 0 &&
+           strncmp(m->path + m->path_len - (sizeof deleted - 1), deleted, sizeof deleted - 1) == 0;
+}
+
+static bool present_in(const char *maps, const struct mapping *m)
+{
+    struct mapping o;
+    for (const char *pos = maps; next_mapping(&pos, &o);)
+        if (o.lo == m->lo && o.hi == m->hi && o.ino == m->ino && strcmp(o.dev, m->dev) == 0)
+            return true;
+    return false;
+}
+
+static bool registered_elsewhere(const struct code_cache *cache, uintptr_t rw, unsigned long ino)
+{
+    bool found = false;
+    pthread_mutex_lock(&views_lock);
+    for (unsigned i = 0; i < VIEWS; i++)
+        if (views[i].cache != NULL && views[i].cache != cache && views[i].rw == rw &&
+            views[i].ino == ino)
+            found = true;
+    pthread_mutex_unlock(&views_lock);
+    return found;
+}
+
+/*
+ * The RW view of a dual-mapped cache in the maps: the shared mappings of one file from offset 0,
+ * side by side with consecutive offsets, reserved bytes in all, rw- (or r-- where
+ * CODE_CACHE_DUAL_HARDEN made sealed pages read-only), of the file stats.dual_file names and, when
+ * the region already maps the file, of that one. Mappings present in before (when not NULL) or
+ * registered for another cache are not candidates. Returns the number of candidates; the last one
+ * in *v.
+ */
+static int find_rw_view(const char *maps, const char *before, const struct code_cache *cache,
+                        const struct code_cache_stats *st, struct dual_view *v)
+{
+    unsigned long region_ino = 0;
+    char region_dev[16] = "";
+    struct mapping m;
+    for (const char *pos = maps; next_mapping(&pos, &m);)
+        if (m.ino != 0 && m.lo >= st->base && m.hi <= st->base + st->reserved) {
+            region_ino = m.ino;
+            memcpy(region_dev, m.dev, sizeof region_dev);
+        }
+    int found = 0;
+    for (const char *pos = maps; next_mapping(&pos, &m);) {
+        if (!m.shared || m.ino == 0 || m.offset != 0 || m.prot[0] != 'r' || m.prot[2] != '-' ||
+            !expected_path(&m, st->dual_file))
+            continue;
+        if (region_ino != 0 && (m.ino != region_ino || strcmp(m.dev, region_dev) != 0))
+            continue;
+        if ((before != NULL && present_in(before, &m)) || registered_elsewhere(cache, m.lo, m.ino))
+            continue;
+        /* The rest of the view, when hardened pages split it. */
+        uintptr_t end = m.hi;
+        struct mapping n;
+        for (const char *p2 = pos; end - m.lo < st->reserved && next_mapping(&p2, &n);) {
+            if (n.lo != end || n.ino != m.ino || !n.shared || n.offset != end - m.lo)
+                break;
+            end = n.hi;
+        }
+        if (end - m.lo != st->reserved)
+            continue;
+        v->rw = m.lo;
+        v->ino = m.ino;
+        memcpy(v->dev, m.dev, sizeof v->dev);
+        found++;
+    }
+    return found;
+}
+
+static void remember_view(const struct dual_view *v)
+{
+    pthread_mutex_lock(&views_lock);
+    unsigned slot = views_next;
+    for (unsigned i = 0; i < VIEWS; i++)
+        if (views[i].cache == v->cache)
+            slot = i;
+    if (slot == views_next)
+        views_next = (views_next + 1) % VIEWS;
+    views[slot] = *v;
+    pthread_mutex_unlock(&views_lock);
+}
+
+struct code_cache *test_cache_create(const struct code_cache_options *opts)
+{
+    bool dual = opts != NULL && (opts->flags & CODE_CACHE_DUAL_MAP);
+    char *before = dual ? read_proc("/proc/self/maps") : NULL;
+    struct code_cache *cache = code_cache_create(opts);
+    int saved = errno;
+    if (cache == NULL || !dual) {
+        free(before);
+        errno = saved;
+        return cache;
+    }
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    cr_assert_str_eq(st.backend, "dual", "CODE_CACHE_DUAL_MAP gave another backend");
+    cr_assert_not_null(st.dual_file);
+    /* The RW view: the one new shared mapping of a file of the cache's size, offset 0. */
+    char *after = read_proc("/proc/self/maps");
+    struct dual_view v = {
+        .cache = cache, .base = st.base, .reserved = st.reserved, .pid = getpid()};
+    int found = find_rw_view(after, before, cache, &st, &v);
+    free(before);
+    free(after);
+    cr_assert_eq(found, 1, "%d candidates for the RW view of the new dual-mapped cache", found);
+    remember_view(&v);
+    errno = saved;
+    return cache;
+}
+
+/* Where the cache's RW view is: remembered by test_cache_create, or else (a cache made with
+ * code_cache_create) looked for now, which works as long as no other unremembered dual-mapped
+ * cache of the same size and file source could be taken for it. */
+static struct dual_view view_of(const struct code_cache *cache, const struct code_cache_stats *st)
+{
+    struct dual_view v = {0};
+    pthread_mutex_lock(&views_lock);
+    for (unsigned i = 0; i < VIEWS; i++)
+        if (views[i].cache == cache && views[i].base == st->base)
+            v = views[i];
+    pthread_mutex_unlock(&views_lock);
+    if (v.cache != NULL)
+        return v;
+    v = (struct dual_view){
+        .cache = cache, .base = st->base, .reserved = st->reserved, .pid = getpid()};
+    char *maps = read_proc("/proc/self/maps");
+    int found = find_rw_view(maps, NULL, cache, st, &v);
+    free(maps);
+    cr_assert_eq(found, 1,
+                 "dual-mapped cache %p, not made with test_cache_create: %d candidates for its RW "
+                 "view",
+                 (const void *)cache, found);
+    remember_view(&v);
+    return v;
+}
+
+struct code_cache *test_cache_near_helper_flags(size_t size, unsigned flags)
+{
+    struct code_cache_options opts = {
+        .size = size, .near = (const void *)helper_triple, .flags = flags};
+    struct code_cache *cache = test_cache_create(&opts);
+    cr_assert_not_null(cache, "code_cache_create near helper_triple (%s): %s",
+                       flags & CODE_CACHE_DUAL_MAP ? "dual" : "mprotect", strerror(errno));
+    check_maps(cache);
+    return cache;
+}
+
+struct code_cache *test_cache_near_helper(size_t size)
+{
+    return test_cache_near_helper_flags(size, test_backend_flags());
+}
+
+/* ---- The maps of a cache ---- */
+
+static bool overlaps(uintptr_t lo, uintptr_t hi, const struct mapping *m)
+{
+    return m->hi > lo && m->lo < hi;
+}
+
+static size_t clipped(uintptr_t lo, uintptr_t hi, const struct mapping *m)
+{
+    return (m->hi < hi ? m->hi : hi) - (m->lo > lo ? m->lo : lo);
+}
+
+#define MAPPING_FMT "%#" PRIxPTR "-%#" PRIxPTR " %s%c %.*s"
+#define MAPPING_ARGS(m)                                                                            \
+    (m).lo, (m).hi, (m).prot, (m).shared ? 's' : 'p', (int)(m).path_len, (m).path
 
 void check_maps(const struct code_cache *cache)
 {
@@ -120,21 +385,73 @@ void check_maps(const struct code_cache *cache)
     code_cache_get_stats(cache, &st);
     const uintptr_t page = test_page_size();
     const uintptr_t lo = st.base - page, hi = st.base + st.reserved + page;
-    char *text = read_proc("/proc/self/maps"), *pos = text;
+    const bool dual = strcmp(st.backend, "dual") == 0;
+    struct dual_view v = {0};
+    bool child = false;
+    uintptr_t rw_lo = 0, rw_hi = 0;
+    if (dual) {
+        v = view_of(cache, &st);
+        child = v.pid != getpid();
+        rw_lo = v.rw - page;
+        rw_hi = v.rw + st.reserved + page;
+        cr_assert(rw_hi < lo || hi < rw_lo,
+                  "the RW view [%#" PRIxPTR ", %#" PRIxPTR ") touches the region [%#" PRIxPTR
+                  ", %#" PRIxPTR ")",
+                  rw_lo, rw_hi, lo, hi);
+    }
+    char *text = read_proc("/proc/self/maps");
     struct mapping m;
-    size_t accessible = 0, covered = 0;
-    while (next_mapping(&pos, &m)) {
-        if (m.hi <= lo || m.lo >= hi)
+    size_t accessible = 0, covered = 0, rw_covered = 0;
+    for (const char *pos = text; next_mapping(&pos, &m);) {
+        cr_assert(!(m.prot[1] == 'w' && m.prot[2] == 'x' &&
+                    (overlaps(lo, hi, &m) || (dual && same_file(&m, &v)))),
+                  "W^X broken: " MAPPING_FMT, MAPPING_ARGS(m));
+        if (overlaps(lo, hi, &m)) {
+            uintptr_t a = m.lo > lo ? m.lo : lo, b = m.hi < hi ? m.hi : hi;
+            covered += b - a;
+            if (strcmp(m.prot, "---") == 0) {
+                cr_assert(!dual || m.ino == 0,
+                          "dual: an inaccessible page of the region maps "
+                          "a file: " MAPPING_FMT,
+                          MAPPING_ARGS(m));
+                continue;
+            }
+            cr_assert(a >= st.base && b <= st.base + st.reserved,
+                      "guard page accessible: " MAPPING_FMT, MAPPING_ARGS(m));
+            accessible += b - a;
+            if (dual) {
+                cr_assert(strcmp(m.prot, "r-x") == 0 && m.shared && same_file(&m, &v),
+                          "dual: the RX view holds " MAPPING_FMT ", not the file r-x",
+                          MAPPING_ARGS(m));
+                cr_assert_eq(m.offset, m.lo - st.base,
+                             "dual: " MAPPING_FMT " maps file offset %#" PRIxPTR ", not %#" PRIxPTR,
+                             MAPPING_ARGS(m), m.offset, m.lo - st.base);
+            }
             continue;
-        uintptr_t a = m.lo > lo ? m.lo : lo, b = m.hi < hi ? m.hi : hi;
-        covered += b - a;
-        cr_assert(!(m.prot[1] == 'w' && m.prot[2] == 'x'),
-                  "W^X broken: %#" PRIxPTR "-%#" PRIxPTR " is %s", m.lo, m.hi, m.prot);
-        if (strcmp(m.prot, "---") == 0)
+        }
+        if (!dual)
             continue;
-        cr_assert(a >= st.base && b <= st.base + st.reserved,
-                  "guard page accessible: %#" PRIxPTR "-%#" PRIxPTR " %s", m.lo, m.hi, m.prot);
-        accessible += b - a;
+        if (overlaps(rw_lo, rw_hi, &m) && !child) {
+            rw_covered += clipped(rw_lo, rw_hi, &m);
+            if (overlaps(rw_lo, v.rw, &m) || overlaps(v.rw + st.reserved, rw_hi, &m)) {
+                cr_assert(strcmp(m.prot, "---") == 0 && m.ino == 0,
+                          "dual: a guard page of the RW view is " MAPPING_FMT, MAPPING_ARGS(m));
+                cr_assert(m.lo >= v.rw + st.reserved || m.hi <= v.rw || !same_file(&m, &v));
+            }
+            if (overlaps(v.rw, v.rw + st.reserved, &m)) {
+                /* r--: pages CODE_CACHE_DUAL_HARDEN made read-only, all sealed code. */
+                cr_assert((strcmp(m.prot, "rw-") == 0 || strcmp(m.prot, "r--") == 0) && m.shared &&
+                              same_file(&m, &v) && m.lo >= v.rw && m.hi <= v.rw + st.reserved,
+                          "dual: the RW view holds " MAPPING_FMT, MAPPING_ARGS(m));
+                cr_assert_eq(m.offset, m.lo - v.rw,
+                             "dual: the RW view " MAPPING_FMT " maps file offset %#" PRIxPTR,
+                             MAPPING_ARGS(m), m.offset);
+            }
+            continue;
+        }
+        cr_assert(!same_file(&m, &v),
+                  "dual: the cache's file is mapped outside both views: " MAPPING_FMT,
+                  MAPPING_ARGS(m));
     }
     free(text);
     cr_assert_eq(covered, hi - lo, "the reservation has holes: %zu of %zu bytes mapped", covered,
@@ -142,6 +459,35 @@ void check_maps(const struct code_cache *cache)
     cr_assert_eq(accessible, st.committed + st.retired,
                  "accessible bytes %zu != committed %zu + retired %zu", accessible, st.committed,
                  st.retired);
+    if (dual && !child)
+        cr_assert_eq(rw_covered, rw_hi - rw_lo,
+                     "the RW view and its guard pages have holes: %zu of %zu bytes mapped",
+                     rw_covered, (size_t)(rw_hi - rw_lo));
+    if (dual && child)
+        cr_assert_eq(mapped_bytes((const void *)rw_lo, rw_hi - rw_lo), 0,
+                     "the RW view is still mapped in a fork()ed child");
+}
+
+size_t unmap_stray_file_mappings(const struct code_cache *cache)
+{
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    if (strcmp(st.backend, "dual") != 0)
+        return 0;
+    const uintptr_t page = test_page_size();
+    const struct dual_view v = view_of(cache, &st);
+    char *text = read_proc("/proc/self/maps");
+    struct mapping m;
+    size_t bytes = 0;
+    for (const char *pos = text; next_mapping(&pos, &m);) {
+        if (!same_file(&m, &v) || overlaps(st.base - page, st.base + st.reserved + page, &m) ||
+            overlaps(v.rw - page, v.rw + st.reserved + page, &m))
+            continue;
+        cr_assert_eq(munmap((void *)m.lo, m.hi - m.lo), 0, "munmap: %s", strerror(errno));
+        bytes += m.hi - m.lo;
+    }
+    free(text);
+    return bytes;
 }
 
 size_t check_no_wx(const struct code_cache *cache)
@@ -150,15 +496,29 @@ size_t check_no_wx(const struct code_cache *cache)
     code_cache_get_stats(cache, &st);
     const uintptr_t page = test_page_size();
     const uintptr_t lo = st.base - page, hi = st.base + st.reserved + page;
-    char *text = read_proc("/proc/self/maps"), *pos = text;
+    const bool dual = strcmp(st.backend, "dual") == 0;
+    struct dual_view v = {0};
+    uintptr_t rw_lo = 0, rw_hi = 0;
+    if (dual) {
+        v = view_of(cache, &st);
+        rw_lo = v.rw - page;
+        rw_hi = v.rw + st.reserved + page;
+    }
+    char *text = read_proc("/proc/self/maps");
     struct mapping m;
     size_t seen = 0;
-    while (next_mapping(&pos, &m)) {
-        if (m.hi <= lo || m.lo >= hi)
+    for (const char *pos = text; next_mapping(&pos, &m);) {
+        bool region = overlaps(lo, hi, &m), rw_view = dual && overlaps(rw_lo, rw_hi, &m);
+        bool file = dual && same_file(&m, &v);
+        if (!region && !rw_view && !file)
             continue;
-        seen++;
-        cr_assert(!(m.prot[1] == 'w' && m.prot[2] == 'x'),
-                  "W^X broken: %#" PRIxPTR "-%#" PRIxPTR " is %s", m.lo, m.hi, m.prot);
+        seen += region || rw_view;
+        cr_assert(!(m.prot[1] == 'w' && m.prot[2] == 'x'), "W^X broken: " MAPPING_FMT,
+                  MAPPING_ARGS(m));
+        cr_assert(!(dual && region && m.prot[1] == 'w'),
+                  "dual: the RX view is writable: " MAPPING_FMT, MAPPING_ARGS(m));
+        cr_assert(!(rw_view && m.prot[2] == 'x'), "dual: the RW view is executable: " MAPPING_FMT,
+                  MAPPING_ARGS(m));
     }
     free(text);
     return seen;
@@ -167,9 +527,9 @@ size_t check_no_wx(const struct code_cache *cache)
 void expect_prot(const void *addr, size_t len, const char *prot)
 {
     uintptr_t lo = (uintptr_t)addr, hi = lo + len, next = lo;
-    char *text = read_proc("/proc/self/maps"), *pos = text;
+    char *text = read_proc("/proc/self/maps");
     struct mapping m;
-    while (next < hi && next_mapping(&pos, &m)) {
+    for (const char *pos = text; next < hi && next_mapping(&pos, &m);) {
         if (m.hi <= next || m.lo > next)
             continue;
         cr_assert_str_eq(m.prot, prot, "%#" PRIxPTR " is %s, expected %s", next, m.prot, prot);
@@ -179,22 +539,110 @@ void expect_prot(const void *addr, size_t len, const char *prot)
     cr_assert(next >= hi, "%#" PRIxPTR " is not mapped, expected %s", next, prot);
 }
 
-void expect_zero_chunk(const struct code_chunk *chunk)
+void page_prots(const void *addr, size_t pages, char (*prot)[4])
+{
+    const uintptr_t page = test_page_size(), lo = (uintptr_t)addr, hi = lo + pages * page;
+    for (size_t i = 0; i < pages; i++)
+        prot[i][0] = '\0';
+    char *text = read_proc("/proc/self/maps");
+    struct mapping m;
+    for (const char *pos = text; next_mapping(&pos, &m);)
+        for (uintptr_t a = m.lo > lo ? m.lo : lo; a < m.hi && a < hi; a += page)
+            memcpy(prot[(a - lo) / page], m.prot, 4);
+    free(text);
+}
+
+void page_prot(const void *addr, char prot[4])
+{
+    const uintptr_t page = test_page_size();
+    page_prots((const void *)((uintptr_t)addr & ~(page - 1)), 1, (char(*)[4])prot);
+}
+
+void expect_open_chunk(const struct code_chunk *chunk)
 {
     struct code_span span = code_chunk_span(chunk);
     cr_assert_not_null(span.rw);
-    const unsigned char *p = span.rw;
+    expect_prot(span.rw, span.size, "rw-");
+    if (span.rw != span.rx)
+        expect_prot(span.rx, span.size, "r-x");
+}
+
+void expect_sealed_chunk(const struct code_chunk *chunk)
+{
+    struct code_span span = code_chunk_span(chunk);
+    cr_assert_not_null(span.rw);
+    expect_prot(span.rx, span.size, "r-x");
+    if (span.rw != span.rx)
+        expect_prot(span.rw, span.size, "rw-");
+}
+
+static size_t first_not(const unsigned char *p, size_t len, unsigned char byte)
+{
     size_t i = 0;
-    while (i < span.size && p[i] == 0)
+    while (i < len && p[i] == byte)
         i++;
-    cr_assert_eq(i, span.size, "byte %zu of the chunk at %p is %#x: old content", i, span.rw,
-                 i < span.size ? p[i] : 0);
+    return i;
+}
+
+void expect_freed_span(struct code_span span)
+{
+    cr_assert_not_null(span.rx);
+    if (span.rw == span.rx) {
+        expect_prot(span.rx, span.size, "---");
+        return;
+    }
+    const uintptr_t page = test_page_size();
+    for (uintptr_t a = (uintptr_t)span.rx; a < (uintptr_t)span.rx + span.size;) {
+        uintptr_t end = (a & ~(page - 1)) + page;
+        if (end > (uintptr_t)span.rx + span.size)
+            end = (uintptr_t)span.rx + span.size;
+        char prot[4];
+        page_prot((const void *)a, prot);
+        if (strcmp(prot, "r-x") == 0) {
+            size_t off = a - (uintptr_t)span.rx;
+            const unsigned char *rx = (const unsigned char *)a;
+            const unsigned char *rw = (const unsigned char *)span.rw + off;
+            size_t i = first_not(rx, end - a, TEST_TRAP_BYTE);
+            cr_assert_eq(i, end - a, "freed byte %zu at %p is %#x, not a trap", off + i,
+                         (const void *)(rx + i), rx[i]);
+            i = first_not(rw, end - a, TEST_TRAP_BYTE);
+            cr_assert_eq(i, end - a, "freed byte %zu, written at %p, is %#x, not a trap", off + i,
+                         (const void *)(rw + i), rw[i]);
+        } else {
+            cr_assert_str_eq(prot, "---", "freed code at %#" PRIxPTR " is %s", a, prot);
+        }
+        a = end;
+    }
+}
+
+void expect_fresh_chunk(const struct code_chunk *chunk)
+{
+    struct code_span span = code_chunk_span(chunk);
+    cr_assert_not_null(span.rw);
+    const unsigned char fresh = span.rw == span.rx ? 0 : TEST_TRAP_BYTE;
+    size_t i = first_not(span.rw, span.size, fresh);
+    cr_assert_eq(i, span.size, "byte %zu of the chunk at %p is %#x, not %#x: old content", i,
+                 span.rx, i < span.size ? ((const unsigned char *)span.rw)[i] : 0, fresh);
+}
+
+size_t open_fds(void)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    cr_assert_not_null(dir, "opendir /proc/self/fd: %s", strerror(errno));
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(dir);
+    return n - 1; /* the directory's own */
 }
 
 size_t mapped_bytes(const void *addr, size_t len)
 {
     uintptr_t lo = (uintptr_t)addr, hi = lo + len;
-    char *text = read_proc("/proc/self/maps"), *pos = text;
+    char *text = read_proc("/proc/self/maps");
+    const char *pos = text;
     struct mapping m;
     size_t bytes = 0;
     while (next_mapping(&pos, &m))
@@ -261,6 +709,17 @@ jit_fn emit_return(struct code_chunk *chunk, int value)
     jit_fn fn = try_emit_return(chunk, value);
     cr_assert_not_null(fn, "code_chunk_alloc: %s", strerror(errno));
     return fn;
+}
+
+jit_fn fill_return(struct code_span span, int value)
+{
+    cr_assert_geq(span.size, 6, "a function returning a value takes 6 bytes at least");
+    unsigned char *p = span.rw;
+    p[0] = 0xb8; /* mov eax, imm32 */
+    put32(p + 1, (uint32_t)value);
+    memset(p + 5, 0x90, span.size - 6); /* nop */
+    p[span.size - 1] = 0xc3;            /* ret */
+    return (jit_fn)span.rx;
 }
 
 int (*far_function(const struct code_cache *cache))(int)
@@ -367,6 +826,11 @@ static void fatal_handler(int sig, siginfo_t *si, void *uc_)
 
 void expect_fatal_signal(int sig, const void *lo, const void *hi)
 {
+    /* A jump into memory that was mapped PROT_NONE with mmap (the dual backend gives pages back
+     * that way) is reported by memcheck before valgrind raises the SIGSEGV; memory made PROT_NONE
+     * with mprotect is not. The fault is what the test wants: memcheck is told so. */
+    if (lo != hi)
+        VALGRIND_MAKE_MEM_DEFINED(lo, (const char *)hi - (const char *)lo);
     fatal_sig = sig;
     fatal_lo = (uintptr_t)lo;
     fatal_hi = (uintptr_t)hi;
@@ -377,4 +841,33 @@ void expect_fatal_signal(int sig, const void *lo, const void *hi)
     sigemptyset(&sa.sa_mask);
     cr_assert_eq(sigaction(SIGSEGV, &sa, NULL), 0);
     cr_assert_eq(sigaction(SIGTRAP, &sa, NULL), 0);
+}
+
+void expect_child_fault(int sig, const void *lo, const void *hi, void (*fault)(void *), void *arg)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        expect_fatal_signal(sig, lo, hi);
+        fault(arg);
+        static const char msg[] = "expect_child_fault: no fault\n";
+        (void)!write(2, msg, sizeof msg - 1);
+        _exit(111);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid, "waitpid: %s", strerror(errno));
+    cr_assert(!WIFEXITED(status), "the child did not fault: it exited with %d",
+              WEXITSTATUS(status));
+    cr_assert(WTERMSIG(status) != SIGKILL,
+              "the child faulted, but not with signal %d inside [%p, %p)", sig, lo, hi);
+    cr_assert_eq(WTERMSIG(status), sig, "the child died of signal %d, not %d", WTERMSIG(status),
+                 sig);
+}
+
+int fault_signal_at(const void *addr)
+{
+    char prot[4];
+    page_prot(addr, prot);
+    return prot[2] == 'x' ? SIGTRAP : SIGSEGV;
 }

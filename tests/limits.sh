@@ -7,4 +7,6 @@ if [ -n "${CODE_CACHE_TEST_EMULATOR:-}" ]; then
     echo "skipped in the emulator ($CODE_CACHE_TEST_EMULATOR): qemu-user ignores RLIMIT_AS (it would bind the emulator, not the program)" >&2
     exit 77
 fi
-exec ./tests/limits "$@"
+# Like the chunk tests, once per backend (tests/helpers.h).
+./tests/limits "$@" || exit $?
+CODE_CACHE_TEST_BACKEND=dual exec ./tests/limits "$@"

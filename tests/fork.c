@@ -1,0 +1,262 @@
+/*
+ * fork() with a live cache. Dual-mapped: both views are MAP_SHARED, so a child writing through the
+ * RW view would change the parent's code (a known attack on dual mappings); the RW view is not
+ * inherited (MADV_DONTFORK), sealed code still runs in the child, every call that would write
+ * fails with EPERM, a free is bookkeeping only, destroy is safe, and the parent's code and
+ * statistics are untouched. mprotect: the child's memory is its own copy, everything works there
+ * and nothing reaches the parent. Under valgrind too (the child is traced).
+ *
+ * Run once per backend (helpers.h). The child cannot use Criterion's assertions (a failing one
+ * in a forked process never returns), so it checks with child_check and exits 1 on the first
+ * failure; an alarm ends it if check_maps, which does assert, ever fails there.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+#define PAGE test_page_size()
+
+__attribute__((format(printf, 2, 3))) static void child_check(bool ok, const char *fmt, ...)
+{
+    if (ok)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "fork child: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    _exit(1);
+}
+
+static void child_expect_errno(int rc_failed, int err, const char *call)
+{
+    child_check(rc_failed, "%s succeeded in the child", call);
+    child_check(errno == err, "%s: errno %d (%s), expected %d", call, errno, strerror(errno), err);
+}
+
+/* Forks; the child runs body(arg) and exits 0 unless a check failed. Asserts that it did. */
+static void in_child(void (*body)(void *), void *arg)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        alarm(test_under_valgrind() ? 300 : 30);
+        body(arg);
+        _exit(0);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(!WIFSIGNALED(status), "the child died of signal %d%s", WTERMSIG(status),
+              WTERMSIG(status) == SIGALRM ? " (an assertion of check_maps failed in it)" : "");
+    cr_assert_eq(WEXITSTATUS(status), 0, "the child failed a check (see its message above)");
+}
+
+struct scene {
+    struct code_cache *cache;
+    bool dual;
+    struct code_chunk *sealed, *doomed, *open;
+    jit_fn call5, ret77, ret55, ret3;
+    int (*far)(int);
+    unsigned char sealed_bytes[256], doomed_bytes[256];
+    struct code_cache_stats stats;
+};
+
+static void scene_init(struct scene *s)
+{
+    memset(s, 0, sizeof *s);
+    s->cache = test_cache_near_helper(1 << 20);
+    s->dual = test_cache_is_dual(s->cache);
+    s->far = far_function(s->cache);
+    s->sealed = code_cache_alloc(s->cache, 200);
+    s->doomed = code_cache_alloc(s->cache, 200);
+    s->open = code_cache_alloc(s->cache, 200);
+    cr_assert(s->sealed != NULL && s->doomed != NULL && s->open != NULL);
+    s->call5 = emit_call(s->sealed, helper_triple, 5);
+    s->ret77 = emit_return(s->sealed, 77);
+    s->ret55 = emit_return(s->doomed, 55);
+    s->ret3 = emit_return(s->open, 3);
+    cr_assert_eq(code_chunk_seal(s->sealed), 0);
+    cr_assert_eq(code_chunk_seal(s->doomed), 0);
+    check_maps(s->cache);
+    cr_assert_eq(s->call5(), 16);
+    cr_assert_eq(s->ret77(), 77);
+    cr_assert_eq(s->ret55(), 55);
+    memcpy(s->sealed_bytes, code_chunk_span(s->sealed).rx, sizeof s->sealed_bytes);
+    memcpy(s->doomed_bytes, code_chunk_span(s->doomed).rx, sizeof s->doomed_bytes);
+    code_cache_get_stats(s->cache, &s->stats);
+}
+
+/* The parent after the child: its code and its cache are as they were, and everything works. */
+static void scene_check_parent(struct scene *s)
+{
+    check_maps(s->cache);
+    struct code_cache_stats st;
+    code_cache_get_stats(s->cache, &st);
+    st.meta_resident = s->stats.meta_resident;
+    cr_assert_eq(memcmp(&st, &s->stats, sizeof st), 0, "the child changed the parent's cache");
+    cr_assert_eq(memcmp(code_chunk_span(s->sealed).rx, s->sealed_bytes, sizeof s->sealed_bytes), 0,
+                 "the child changed the parent's sealed code");
+    cr_assert_eq(memcmp(code_chunk_span(s->doomed).rx, s->doomed_bytes, sizeof s->doomed_bytes), 0,
+                 "the child's free changed the parent's code");
+    cr_assert_eq(s->call5(), 16);
+    cr_assert_eq(s->ret77(), 77);
+    cr_assert_eq(s->ret55(), 55);
+
+    /* Every writing call works in the parent. */
+    cr_assert_not_null(code_chunk_call_target(s->open, (const void *)s->far));
+    jit_fn more = emit_return(s->open, 4);
+    cr_assert_eq(code_chunk_seal(s->open), 0);
+    cr_assert_eq(s->ret3(), 3);
+    cr_assert_eq(more(), 4);
+    if (s->dual) {
+        int value = 78;
+        cr_assert_eq(code_chunk_patch(s->sealed, (char *)s->ret77 + 1, &value, sizeof value), 0);
+        cr_assert_eq(s->ret77(), 78);
+    }
+    struct code_chunk *fresh = code_cache_alloc(s->cache, 100);
+    cr_assert_not_null(fresh);
+    jit_fn f = emit_call(fresh, helper_triple, 9);
+    cr_assert_eq(code_chunk_seal(fresh), 0);
+    cr_assert_eq(f(), 28);
+    code_chunk_free(s->doomed);
+    check_maps(s->cache);
+    cr_assert_eq(code_cache_reset(s->cache), 0);
+    check_maps(s->cache);
+    code_cache_destroy(s->cache);
+    far_function_release(s->far);
+}
+
+static void child_uses_the_cache(void *arg)
+{
+    struct scene *s = arg;
+    child_check(s->call5() == 16 && s->ret77() == 77 && s->ret55() == 55,
+                "sealed code does not run in the child");
+    child_check(code_cache_find(s->cache, (const void *)s->ret77) == s->sealed,
+                "code_cache_find in the child");
+    int value = 99;
+    if (s->dual) {
+        errno = 0;
+        child_expect_errno(code_cache_alloc(s->cache, 100) == NULL, EPERM, "code_cache_alloc");
+        errno = 0;
+        child_expect_errno(code_chunk_alloc(s->open, 8, 8).rw == NULL, EPERM, "code_chunk_alloc");
+        errno = 0;
+        child_expect_errno(code_chunk_reserve(s->open, 1).rw == NULL, EPERM, "code_chunk_reserve");
+        errno = 0;
+        child_expect_errno(code_chunk_commit(s->open, 0) == -1, EPERM, "code_chunk_commit");
+        errno = 0;
+        child_expect_errno(code_chunk_seal(s->open) == -1, EPERM, "code_chunk_seal");
+        errno = 0;
+        child_expect_errno(code_chunk_patch(s->sealed, (char *)s->ret77 + 1, &value, 4) == -1,
+                           EPERM, "code_chunk_patch");
+        errno = 0;
+        child_expect_errno(code_chunk_call_target(s->open, (const void *)s->far) == NULL, EPERM,
+                           "code_chunk_call_target needing a veneer");
+        child_check(code_chunk_call_target(s->open, (const void *)helper_triple) ==
+                        (const void *)helper_triple,
+                    "code_chunk_call_target needing no veneer");
+        errno = 0;
+        child_expect_errno(code_cache_reset(s->cache) == -1, EPERM, "code_cache_reset");
+        /* A free is bookkeeping: the parent's code is neither trapped nor released. */
+        struct code_span span = code_chunk_span(s->doomed);
+        code_chunk_free(s->doomed);
+        child_check(memcmp(span.rx, s->doomed_bytes, sizeof s->doomed_bytes) == 0,
+                    "the child's free changed the code");
+        child_check(s->ret55() == 55, "the freed chunk's code no longer runs in the child");
+        struct code_cache_stats st;
+        code_cache_get_stats(s->cache, &st);
+        child_check(st.retired == s->stats.retired + span.size,
+                    "the span freed in the child is not retired (%zu)", st.retired);
+        child_check(st.sealed_chunks == s->stats.sealed_chunks - 1, "sealed_chunks");
+        child_check(st.open_chunks == s->stats.open_chunks, "open_chunks");
+        check_maps(s->cache);
+        child_check(s->call5() == 16 && s->ret77() == 77, "sealed code after the failed calls");
+    } else {
+        /* The child's own copy: everything works, nothing reaches the parent. */
+        child_expect_errno(code_chunk_patch(s->sealed, (char *)s->ret77 + 1, &value, 4) == -1,
+                           ENOTSUP, "code_chunk_patch");
+        child_check(code_chunk_call_target(s->open, (const void *)s->far) != NULL,
+                    "code_chunk_call_target: %s", strerror(errno));
+        jit_fn more = try_emit_return(s->open, 300);
+        child_check(more != NULL, "code_chunk_alloc: %s", strerror(errno));
+        child_check(code_chunk_seal(s->open) == 0, "seal: %s", strerror(errno));
+        child_check(more() == 300, "the child's new code");
+        struct code_chunk *c = code_cache_alloc(s->cache, 100);
+        child_check(c != NULL, "code_cache_alloc: %s", strerror(errno));
+        code_chunk_free(s->doomed);
+        check_maps(s->cache);
+        child_check(code_cache_reset(s->cache) == 0, "reset: %s", strerror(errno));
+        check_maps(s->cache);
+    }
+    code_cache_destroy(s->cache);
+}
+
+Test(fork, the_child_runs_sealed_code_and_never_writes_to_the_parents)
+{
+    struct scene s;
+    scene_init(&s);
+    in_child(child_uses_the_cache, &s);
+    scene_check_parent(&s);
+}
+
+static void write_through(void *rw)
+{
+    *(volatile unsigned char *)rw = 0x90;
+}
+
+/* The attack: a child writing where the parent's code is written. Dual: the RW view is not there,
+ * so the write faults. mprotect: .rw is where the code runs, r-x: the write faults too. */
+Test(fork, a_child_writing_through_the_rw_view_faults)
+{
+    struct scene s;
+    scene_init(&s);
+    unsigned char *rw = code_chunk_span(s.sealed).rw;
+    expect_child_fault(SIGSEGV, rw, rw + 1, write_through, rw);
+    unsigned char *ret77_rw = rw + ((char *)s.ret77 - (char *)code_chunk_span(s.sealed).rx);
+    expect_child_fault(SIGSEGV, ret77_rw, ret77_rw + 1, write_through, ret77_rw);
+    scene_check_parent(&s);
+}
+
+static void child_creates_its_own_cache(void *arg)
+{
+    struct scene *s = arg;
+    /* The parent's cache is frozen here; a cache made in the child is the child's, writable. */
+    struct code_cache *mine = test_cache_near_helper(1 << 20);
+    struct code_chunk *c = code_cache_alloc(mine, 100);
+    child_check(c != NULL, "code_cache_alloc in the child's own cache: %s", strerror(errno));
+    jit_fn f = try_emit_call(c, helper_triple, 7);
+    child_check(f != NULL, "emit: %s", strerror(errno));
+    child_check(code_chunk_seal(c) == 0, "seal: %s", strerror(errno));
+    child_check(f() == 22, "the child's own code");
+    if (s->dual) {
+        int value = 8;
+        child_check(code_chunk_patch(c, (char *)f + 5, &value, 4) == 0, "patch: %s",
+                    strerror(errno));
+        child_check(f() == 25, "the child's patched code");
+        errno = 0;
+        child_expect_errno(code_cache_alloc(s->cache, 100) == NULL, EPERM,
+                           "code_cache_alloc in the parent's cache");
+    }
+    check_maps(mine);
+    code_chunk_free(c);
+    check_maps(mine);
+    code_cache_destroy(mine);
+    check_maps(s->cache);
+    code_cache_destroy(s->cache);
+}
+
+Test(fork, a_cache_created_in_the_child_is_the_childs)
+{
+    struct scene s;
+    scene_init(&s);
+    in_child(child_creates_its_own_cache, &s);
+    scene_check_parent(&s);
+}
