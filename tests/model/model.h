@@ -85,6 +85,10 @@ struct model_config {
      * predicting it. */
     unsigned (*failures)(void);
     int fault_errno;
+    /* A second errno a failing call may report while failures move (0: none): a call that some
+     * other system call, failing all the time, made take a fallback that failed in turn reports
+     * the first failure's reason. */
+    int also_errno;
     /* munmap is made to fail: what the library could not unmap (a trial mapping of its file, a
      * reservation it gave up) stays mapped. The model unmaps it instead of failing. */
     bool munmap_faults;

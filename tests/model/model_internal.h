@@ -23,6 +23,8 @@
 #define MODEL_QUARANTINE 64
 /* Freed spans waiting before code_cache_alloc reuses them first (code_cache.h). */
 #define MODEL_QUARANTINE_HOLES 512
+/* Freed bytes still committed from which allocations are served first (CACHE_READY_QUARANTINE). */
+#define MODEL_READY_QUARANTINE ((size_t)1 << 20)
 
 #define TRAP 0xcc /* x86-64 int3 */
 
