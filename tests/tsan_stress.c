@@ -46,7 +46,7 @@ static struct code_cache *shared[2]; /* mprotect, dual */
 static int (*far)(int);
 
 static atomic_ullong n_alloc, n_seal, n_run, n_patch, n_find, n_free, n_handover, n_lifecycle,
-    n_race_seal_ok, n_race_seal_eperm, n_race_veneer_eperm, n_resets, n_enospc, n_known_rw_adjacent;
+    n_race_seal_ok, n_race_seal_eperm, n_race_veneer_eperm, n_resets, n_enospc;
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void fail(const char *fmt, ...)
@@ -253,12 +253,6 @@ static void *lifecycle(void *arg)
             .flags = next_random(&rng) % 2 ? CODE_CACHE_DUAL_MAP : 0,
         };
         struct code_cache *c = code_cache_create(&o);
-        if (c == NULL && errno == ENOMEM && o.near == NULL && o.flags == CODE_CACHE_DUAL_MAP) {
-            /* A known library bug (tests/bug_rw_view_adjacent.c): ThreadSanitizer drops the RW
-             * view's hints, and the kernel's choice next to the code is refused every time. */
-            n_known_rw_adjacent++;
-            continue;
-        }
         if (c == NULL)
             fail("code_cache_create: %s", strerror(errno));
         for (int round = 0; round < 3; round++) {
@@ -412,9 +406,8 @@ int main(int argc, char **argv)
     printf("tsan_stress: %u threads for %.0f s: %llu allocs, %llu seals, %llu runs, %llu patches, "
            "%llu finds, %llu frees, %llu hand-overs, %llu ENOSPC, %llu caches created and "
            "destroyed, %llu resets; seal racing reset: %llu sealed, %llu EPERM; veneer racing "
-           "reset: %llu EPERM; known bug rw-view-adjacent met %llu times\n",
+           "reset: %llu EPERM\n",
            n, seconds, n_alloc, n_seal, n_run, n_patch, n_find, n_free, n_handover, n_enospc,
-           n_lifecycle, n_resets, n_race_seal_ok, n_race_seal_eperm, n_race_veneer_eperm,
-           n_known_rw_adjacent);
+           n_lifecycle, n_resets, n_race_seal_ok, n_race_seal_eperm, n_race_veneer_eperm);
     return 0;
 }

@@ -1,10 +1,10 @@
 /*
- * Regression test for a library bug found by the ThreadSanitizer stress (tests/tsan_stress.c): a
- * dual-mapped cache with near == NULL cannot be created when the kernel does not honour the RW
- * view's random hints and its own choice is the spot next to the code region.
+ * Regression test for a library bug found by the ThreadSanitizer stress (tests/tsan_stress.c), now
+ * fixed: a dual-mapped cache with near == NULL could not be created when the kernel does not honour
+ * the RW view's random hints and its own choice is the spot next to the code region.
  *
  * lib/place.c, place_random: the RW view is tried at up to seven random hints, then with no hint;
- * a result adjacent to the code (or in the stack's room) is unmapped and the next hint tried. When
+ * a result adjacent to the code (or in the stack's room) was unmapped and the next hint tried. When
  * hints are not honoured (ThreadSanitizer rewrites every hint outside its application ranges to
  * NULL, which is all of [2^40, 2^47 - 2^40) but two ranges; a crowded address space does the
  * same), every try gets the kernel's top-down choice, and since the rejected mapping was unmapped
@@ -15,8 +15,8 @@
  *
  * The interposer below plays that kernel: the code region goes where the kernel likes, with free
  * room right below it, and every later plain (not MAP_FIXED) reservation of the library gets the
- * spot right below the code region, whatever its hint. Listed in XFAIL_TESTS until the library is
- * fixed.
+ * spot right below the code region, whatever its hint. The fix keeps each rejected mapping until
+ * place_random is done, so that the kernel's next choice lies below it.
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -59,7 +59,7 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
     return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 }
 
-Test(bug_rw_view_adjacent, a_dual_cache_is_created_when_hints_are_not_honoured)
+Test(rw_view_adjacent, a_dual_cache_is_created_when_hints_are_not_honoured)
 {
     struct code_cache_options opts = {.size = 1 << 20, .flags = CODE_CACHE_DUAL_MAP};
     errno = 0;
