@@ -621,6 +621,12 @@ void *place_reserve(const struct place_request *req, struct meta *meta)
  * stack's room, checked to be at least a page away from the code's reservation. A hint is only
  * a hint, so the result is verified; a few tries, then the kernel's own choice if that is not
  * adjacent either.
+ *
+ * A rejected mapping stays mapped until the end: where hints are not honoured (ThreadSanitizer
+ * drops every hint outside its application ranges; a crowded address space does the same), each
+ * try gets the kernel's top-down choice, which, had the rejected one been unmapped at once, would
+ * be the same spot next to the code every time (tests/rw_view_adjacent.c). Kept, it pushes the
+ * next choice below itself.
  */
 void *place_random(size_t size, uintptr_t avoid_lo, uintptr_t avoid_hi)
 {
@@ -630,22 +636,31 @@ void *place_random(size_t size, uintptr_t avoid_lo, uintptr_t avoid_hi)
     const uintptr_t span_hi =
         arch_user_top > 2 * span_lo + size ? arch_user_top - span_lo - size : span_lo;
     uint64_t rng = os_random();
-    for (int attempt = 0; attempt < 8; attempt++) {
+    enum { ATTEMPTS = 8 };
+    void *rejected[ATTEMPTS], *found = NULL;
+    int nrejected = 0;
+    for (int attempt = 0; attempt < ATTEMPTS; attempt++) {
         void *hint = NULL;
-        if (attempt < 7 && span_hi > span_lo) {
+        if (attempt < ATTEMPTS - 1 && span_hi > span_lo) {
             rng = rng * 6364136223846793005u + 1442695040888963407u; /* LCG: a hash, wraps */
             hint = (void *)align_down(span_lo + (uintptr_t)(rng >> 16) % (span_hi - span_lo), page);
         }
         void *p = os_reserve(hint, size, false);
         if (p == NULL)
-            return NULL;
+            break;
         uintptr_t lo = (uintptr_t)p, hi = lo + size;
         bool near_code = lo < avoid_hi + page && hi + page > avoid_lo;
         bool in_stack = lo < place_stack_room.hi && hi > place_stack_room.lo;
-        if (!near_code && !in_stack)
-            return p;
-        os_release(p, size);
+        if (!near_code && !in_stack) {
+            found = p;
+            break;
+        }
+        rejected[nrejected++] = p;
     }
-    errno = ENOMEM;
-    return NULL;
+    /* errno: os_reserve's, or ENOMEM when every try was rejected; the releases keep it. */
+    int saved = found == NULL && nrejected == ATTEMPTS ? ENOMEM : errno;
+    while (nrejected > 0)
+        os_release(rejected[--nrejected], size);
+    errno = saved;
+    return found;
 }

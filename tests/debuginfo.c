@@ -544,19 +544,21 @@ Test(perf, map_has_a_line_per_named_function_at_its_rx_address, .init = perf_map
 
 /* ---- jitdump ---- */
 
+/* Records follow each other with no padding (a load record ends with its name and code bytes):
+ * packed, so that reading one at any offset is defined (UBSan's alignment check). */
 struct jd_header {
     uint32_t magic, version, total_size, elf_mach, pad1, pid;
     uint64_t timestamp, flags;
-};
+} __attribute__((packed));
 struct jd_record {
     uint32_t id, total_size;
     uint64_t timestamp;
-};
+} __attribute__((packed));
 struct jd_load {
     struct jd_record p;
     uint32_t pid, tid;
     uint64_t vma, code_addr, code_size, code_index;
-};
+} __attribute__((packed));
 
 /* Records follow one another with no padding: read them by copying, at any alignment. */
 static struct jd_record jd_record_at(const char *data, size_t off)

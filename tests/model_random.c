@@ -1,0 +1,106 @@
+/*
+ * The model of tests/model/ driven by a PRNG instead of libFuzzer, so that `make check` exercises
+ * the model itself, under valgrind: first every input of the fuzzing corpus and every saved
+ * regression (tests/fuzz/corpus, tests/fuzz/regressions), then long random sequences.
+ *
+ *   model_random                      the corpus, the regressions, then 3 sequences of 200 calls
+ *   model_random SEED OPS [COUNT]     COUNT sequences of OPS operations from SEED (reproduce one
+ *                                     with the seed printed by a failure, and MODEL_TRACE=1)
+ *   model_random FILE...              replay fuzzer inputs (a crash libFuzzer saved)
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "model.h"
+
+static uint64_t total_ops, total_calls;
+
+static void run_bytes(const uint8_t *data, size_t len, unsigned max_ops)
+{
+    struct model *m = model_new(NULL);
+    struct model_input in = {.data = data, .len = len};
+    unsigned n = 0;
+    while (n < max_ops && model_step(m, &in))
+        n++;
+    model_exercise(m);
+    total_ops += n;
+    total_calls += model_calls(m);
+    model_end(m);
+}
+
+static void run_seed(uint64_t seed, unsigned ops)
+{
+    fprintf(stderr, "model_random: seed %llu, %u operations\n", (unsigned long long)seed, ops);
+    struct model *m = model_new(NULL);
+    struct model_input in = {.endless = true, .rng = seed};
+    for (unsigned i = 0; i < ops; i++)
+        model_step(m, &in);
+    model_exercise(m);
+    total_ops += ops;
+    total_calls += model_calls(m);
+    model_end(m);
+}
+
+static unsigned run_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        fprintf(stderr, "model_random: %s: %s\n", path, strerror(errno));
+        exit(1);
+    }
+    static uint8_t buf[1 << 16];
+    size_t len = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    run_bytes(buf, len, 4096);
+    return 1;
+}
+
+static unsigned run_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return 0;
+    unsigned n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.' || strncmp(e->d_name, "README", 6) == 0)
+            continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        n += run_file(path);
+    }
+    closedir(d);
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 3 && strspn(argv[1], "0123456789") == strlen(argv[1])) {
+        uint64_t seed = strtoull(argv[1], NULL, 10);
+        unsigned ops = (unsigned)strtoul(argv[2], NULL, 10);
+        unsigned count = argc > 3 ? (unsigned)strtoul(argv[3], NULL, 10) : 1;
+        for (unsigned i = 0; i < count; i++)
+            run_seed(seed + i, ops);
+    } else if (argc > 1) {
+        for (int i = 1; i < argc; i++)
+            run_file(argv[i]);
+    } else {
+        const char *srcdir = getenv("srcdir");
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/tests/fuzz/corpus", srcdir ? srcdir : ".");
+        unsigned files = run_dir(dir);
+        snprintf(dir, sizeof dir, "%s/tests/fuzz/regressions", srcdir ? srcdir : ".");
+        files += run_dir(dir);
+        fprintf(stderr, "model_random: %u corpus and regression inputs replayed\n", files);
+        for (uint64_t seed = 1; seed <= 3; seed++)
+            run_seed(seed, 200);
+    }
+    printf("model_random: %llu operations, %llu library calls, every one checked\n",
+           (unsigned long long)total_ops, (unsigned long long)total_calls);
+    return 0;
+}
