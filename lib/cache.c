@@ -355,7 +355,7 @@ int code_cache_reset(struct code_cache *cache)
         find_clear(cache, 0, cache->bump); /* before the records are called freed */
         cache_thaw_chunks(cache, true);
         space_forget_all(cache, len, discarded);
-        __atomic_store_n(&cache->open_chunks, 0, __ATOMIC_RELAXED);
+        cache->live_chunks = 0;
         __atomic_store_n(&cache->sealed_chunks, 0, __ATOMIC_RELAXED);
     }
     cache->resetting = false;
@@ -375,6 +375,8 @@ void code_cache_get_stats(const struct code_cache *cache, struct code_cache_stat
     pthread_mutex_lock(&c->lock);
     size_t ahead = c->ahead > c->bump ? c->ahead - c->bump : 0;
     size_t ready = c->free_granules - c->cold_granules;
+    /* Seals add to the sealed count without the lock, but only ever for a live chunk. */
+    size_t sealed = __atomic_load_n(&c->sealed_chunks, __ATOMIC_RELAXED);
     *out = (struct code_cache_stats){
         .base = c->base,
         .reserved = c->size,
@@ -387,8 +389,8 @@ void code_cache_get_stats(const struct code_cache *cache, struct code_cache_stat
         .never_used = (c->ngranules - c->bump) << shift,
         .retired = c->retired_granules << shift,
         .free_spans = spans_holes(&c->spans),
-        .open_chunks = __atomic_load_n(&c->open_chunks, __ATOMIC_RELAXED),
-        .sealed_chunks = __atomic_load_n(&c->sealed_chunks, __ATOMIC_RELAXED),
+        .open_chunks = c->live_chunks - sealed,
+        .sealed_chunks = sealed,
         .chunks_allocated = c->chunks_allocated,
         .protection_changes = __atomic_load_n(&c->protection_changes, __ATOMIC_RELAXED),
         .system_calls = __atomic_load_n(&c->system_calls, __ATOMIC_RELAXED),

@@ -321,7 +321,6 @@ int code_chunk_seal(struct code_chunk *chunk)
     wx_publish((uintptr_t)whole.rx, whole.size, chunk->reused);
     debuginfo_seal(chunk);
     chunk_store_state(chunk, CHUNK_SEALED);
-    __atomic_fetch_sub(&cache->open_chunks, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&cache->sealed_chunks, 1, __ATOMIC_RELAXED);
     return 0;
 }
@@ -408,8 +407,13 @@ void code_chunk_free(struct code_chunk *chunk)
                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             break;
     }
-    __atomic_fetch_sub(state == CHUNK_OPEN ? &cache->open_chunks : &cache->sealed_chunks, 1,
-                       __ATOMIC_RELAXED);
+    cache->live_chunks--;
+    if (state == CHUNK_SEALED)
+        __atomic_fetch_sub(&cache->sealed_chunks, 1, __ATOMIC_RELAXED);
+    if (space_reclaim_in_lock(cache, chunk, state == CHUNK_SEALED)) {
+        cache_unlock(cache);
+        return;
+    }
     cache->in_flight++;
     cache_unlock(cache);
     space_reclaim(cache, chunk, state == CHUNK_SEALED);

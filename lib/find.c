@@ -30,7 +30,8 @@ int find_grow(struct code_cache *cache, size_t granules)
 }
 
 /* Words of one slab are contiguous: fill them slab by slab. */
-static void find_fill(struct code_cache *cache, size_t first, size_t n, uint32_t value)
+static inline __attribute__((always_inline)) void find_fill(struct code_cache *cache, size_t first,
+                                                            size_t n, uint32_t value)
 {
     while (n > 0) {
         size_t run = 0;

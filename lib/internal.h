@@ -130,8 +130,10 @@ struct code_cache {
     size_t live_granules, free_granules, cold_granules, retired_granules;
     size_t chunks_allocated;
 
-    /* Updated atomically: seal runs without the lock. */
-    size_t open_chunks, sealed_chunks;
+    /* Live chunks (under the lock), and of them the SEALED ones: a seal runs without the lock,
+     * and one atomic add is all it pays for the count. OPEN = live - sealed. */
+    size_t live_chunks, sealed_chunks;
+    /* Updated atomically, from outside the lock. */
     size_t protection_changes, system_calls;
 };
 
@@ -213,6 +215,10 @@ void space_init(struct code_cache *cache);
  * releases or scrubs its span outside the lock, then gives it back and retires the record.
  * sealed: the chunk was SEALED. */
 void space_reclaim(struct code_cache *cache, struct code_chunk *chunk, bool sealed);
+/* The whole of it without dropping the lock, where that is cheap (a small span that stays ready):
+ * true when done, false when the caller must go the way of space_reclaim. Caller holds the lock,
+ * the chunk FREEING. */
+bool space_reclaim_in_lock(struct code_cache *cache, struct code_chunk *chunk, bool sealed);
 /* Bytes from the start of the region that may be committed: what a reset releases. */
 size_t space_committed_bytes(const struct code_cache *cache);
 /* After a reset released those bytes: everything is never-used again, or, when the memory could

@@ -323,7 +323,7 @@ struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
     }
     cache->live_granules += n;
     cache->chunks_allocated++;
-    __atomic_fetch_add(&cache->open_chunks, 1, __ATOMIC_RELAXED);
+    cache->live_chunks++;
     cache_unlock(cache);
     return chunk;
 
@@ -418,6 +418,59 @@ static void space_release_ready(struct code_cache *cache)
     cache_end_outside(cache);
 }
 
+/* The end of a free, under the lock: the span [first, first + n), released, scrubbed (rc 0) or not
+ * (rc -1, or frozen), goes back to the index or into retirement, and the record into the FIFO. */
+static void space_reclaimed(struct code_cache *cache, struct code_chunk *chunk, size_t first,
+                            size_t n, int rc, bool frozen, bool discarded)
+{
+    if (frozen || rc != 0) {
+        /* Still accessible: handing it out again would expose its old content. Only a reset,
+         * which retries, brings it back. */
+        if (rc != 0)
+            debug_log("free: releasing %#lx failed (errno %d): %zu bytes retired until reset",
+                      (unsigned long)(cache->base + (first << cache->granule_shift)), errno,
+                      n << cache->granule_shift);
+        cache->retired_granules += n;
+    } else {
+        bool cold = !cache->wx->freed_stays_ready;
+        spans_put(&cache->spans, first, n, cold, !discarded);
+        cache->free_granules += n;
+        if (cold)
+            cache->cold_granules += n;
+    }
+    cache->live_granules -= n;
+    chunks_retire(cache, chunk);
+    /* Allocations may have taken ready granules since the last batch: the next one is due that
+     * much earlier. */
+    const size_t ready = cache->free_granules - cache->cold_granules;
+    if (cache->release_due > space_release_due(cache, ready))
+        cache->release_due = space_release_due(cache, ready);
+    if (!frozen && ready >= cache->release_due)
+        space_release_ready(cache);
+}
+
+/*
+ * A free whose span stays ready (dual backend) writes its traps with the lock held, when the span
+ * is small: one lock a free instead of two, and none of the bookkeeping of working outside it
+ * (bench/dual: the second lock, its store-buffer drain behind the traps and the wake-up check were
+ * the largest item of a free). A few kilobytes of stores is shorter than what other threads would
+ * wait for otherwise. Not for hardened caches, whose scrub may be an mprotect.
+ */
+#define SPACE_SCRUB_IN_LOCK ((size_t)16 << 10)
+
+bool space_reclaim_in_lock(struct code_cache *cache, struct code_chunk *chunk, bool sealed)
+{
+    const unsigned shift = cache->granule_shift;
+    const uint64_t extent = chunk_load_extent(chunk);
+    const size_t first = chunk_first(extent), n = chunk_granules(extent);
+    if (!cache->wx->freed_stays_ready || cache->harden || (n << shift) > SPACE_SCRUB_IN_LOCK ||
+        cache_frozen_by_fork(cache))
+        return false;
+    int rc = cache->wx->scrub(cache, first << shift, n << shift, sealed);
+    space_reclaimed(cache, chunk, first, n, rc, false, true);
+    return true;
+}
+
 void space_reclaim(struct code_cache *cache, struct code_chunk *chunk, bool sealed)
 {
     const unsigned shift = cache->granule_shift;
@@ -434,30 +487,8 @@ void space_reclaim(struct code_cache *cache, struct code_chunk *chunk, bool seal
         rc = cache->wx->release(cache, first << shift, n << shift, &discarded);
 
     pthread_mutex_lock(&cache->lock);
-    if (frozen || rc != 0) {
-        /* Still accessible: handing it out again would expose its old content. Only a reset,
-         * which retries, brings it back. */
-        if (rc != 0)
-            debug_log("free: releasing %#lx failed (errno %d): %zu bytes retired until reset",
-                      (unsigned long)(cache->base + (first << shift)), errno, n << shift);
-        cache->retired_granules += n;
-    } else {
-        bool cold = !cache->wx->freed_stays_ready;
-        spans_put(&cache->spans, first, n, cold, !discarded);
-        cache->free_granules += n;
-        if (cold)
-            cache->cold_granules += n;
-    }
-    cache->live_granules -= n;
-    chunks_retire(cache, chunk);
     cache_end_outside(cache);
-    /* Allocations may have taken ready granules since the last batch: the next one is due that
-     * much earlier. */
-    const size_t ready = cache->free_granules - cache->cold_granules;
-    if (cache->release_due > space_release_due(cache, ready))
-        cache->release_due = space_release_due(cache, ready);
-    if (!frozen && ready >= cache->release_due)
-        space_release_ready(cache);
+    space_reclaimed(cache, chunk, first, n, rc, frozen, discarded);
     pthread_mutex_unlock(&cache->lock);
 }
 

@@ -130,10 +130,17 @@ static void dual_probe_fetch(unsigned char *rw, uintptr_t rx)
 
 /* Where fetch is stale: maps the RX view's pages covering [off, off + len) again over
  * themselves. 0, or -1 + errno; nothing is done (0) where fetch sees the stores. */
-static int dual_refetch(struct code_cache *cache, size_t off, size_t len)
+static int dual_refetch_stale(struct code_cache *cache, size_t off, size_t len);
+
+static inline int dual_refetch(struct code_cache *cache, size_t off, size_t len)
 {
     if (__atomic_load_n(&dual_fetch, __ATOMIC_RELAXED) != DUAL_FETCH_STALE)
         return 0;
+    return dual_refetch_stale(cache, off, len);
+}
+
+static int dual_refetch_stale(struct code_cache *cache, size_t off, size_t len)
+{
     const size_t lo = align_down(off, os_page_size), hi = align_up(off + len, os_page_size);
     wx_count_syscall(cache);
     if (os_map_file((void *)(cache->base + lo), hi - lo, cache->exec_prot, cache->fd, lo, true) ==
