@@ -115,6 +115,11 @@ int os_seal_shrink(int fd)
     return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
 }
 
+int os_allocate(int fd, size_t off, size_t len)
+{
+    return fallocate(fd, 0, (off_t)off, (off_t)len);
+}
+
 int os_punch(int fd, size_t off, size_t len)
 {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);

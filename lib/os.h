@@ -31,9 +31,10 @@ int os_dontfork(void *addr, size_t len); /* madvise(MADV_DONTFORK): 0 or -1 + er
 /* The shared file of the dual-mapped backend. */
 int os_memfd(bool exec_flag);    /* memfd_create, MFD_CLOEXEC | MFD_ALLOW_SEALING (| MFD_EXEC) */
 int os_tmpfile(const char *dir); /* open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC): fd or -1 */
-int os_truncate(int fd, size_t len);          /* ftruncate: 0 or -1 + errno */
-int os_seal_shrink(int fd);                   /* fcntl(F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) */
-int os_punch(int fd, size_t off, size_t len); /* fallocate(PUNCH_HOLE | KEEP_SIZE) */
+int os_truncate(int fd, size_t len); /* ftruncate: 0 or -1 + errno */
+int os_seal_shrink(int fd);          /* fcntl(F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) */
+int os_allocate(int fd, size_t off, size_t len); /* fallocate(0): 0 or -1 + errno */
+int os_punch(int fd, size_t off, size_t len);    /* fallocate(PUNCH_HOLE | KEEP_SIZE) */
 void os_close(int fd);
 /* Maps [off, off + len) of fd, MAP_SHARED, with prot: at exactly addr (MAP_FIXED, over a
  * reservation of ours) when fixed, else anywhere. NULL + errno. */

@@ -65,7 +65,9 @@ static struct costs costs_of(const struct code_cache *cache)
      * the process (helpers.h). */
     if (test_cache_is_dual(cache)) {
         const size_t again = test_dual_fetch_is_stale() ? 1 : 0;
-        return (struct costs){.commit = 2,
+        /* A commit allocates the file's pages (fallocate), takes their first-write faults
+         * through the RW view (madvise) and maps them into the RX view (mmap). */
+        return (struct costs){.commit = 3,
                               .commit_prot = 0,
                               .seal = again,
                               .seal_prot = 0,

@@ -184,6 +184,35 @@ Test(syscall_failures, alloc_fails_with_ENOMEM_when_populate_fails)
     code_cache_destroy(cache);
 }
 
+/* The dual backend allocates the file's pages in one call before anything is mapped: a file
+ * system out of room (tmpfs at its size limit: ENOSPC) is ENOMEM from alloc, what the call did
+ * allocate is punched out again, and nothing else changed. A file system without fallocate
+ * (EOPNOTSUPP) leaves it to the page faults. */
+Test(syscall_failures, alloc_fails_with_ENOMEM_when_the_file_cannot_grow)
+{
+    dual_backend_only("the mprotect backend has no file");
+    struct code_cache *cache = test_cache_near_helper(16 * PAGE);
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    fault_inject(FAULT_FALLOCATE, 0, 0, ENOSPC);
+    errno = 0;
+    cr_assert_null(code_cache_alloc(cache, 4 * PAGE));
+    cr_assert_eq(errno, ENOMEM, "errno %d", errno);
+    cr_assert_geq(fault_calls_with(FAULT_FALLOCATE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE), 1,
+                  "what the failed allocation left in the file was not punched out");
+    expect_same_stats(cache, &st, "alloc");
+    check_maps(cache);
+    expect_prot((void *)st.base, 4 * PAGE, "---");
+    fault_clear();
+    fault_inject(FAULT_FALLOCATE, 0, 0, EOPNOTSUPP);
+    struct code_chunk *chunk = code_cache_alloc(cache, 4 * PAGE);
+    cr_assert_not_null(chunk, "alloc without fallocate: %s", strerror(errno));
+    expect_fresh_chunk(chunk);
+    fault_clear();
+    check_maps(cache);
+    code_cache_destroy(cache);
+}
+
 Test(syscall_failures, refused_exec_permission_keeps_the_chunk_open_and_usable)
 {
     mprotect_backend_only("a dual seal asks for nothing; its exec permission is asked at create "
