@@ -445,8 +445,9 @@ static void space_reclaimed(struct code_cache *cache, struct code_chunk *chunk, 
     /* Allocations may have taken ready granules since the last batch: the next one is due that
      * much earlier. */
     const size_t ready = cache->free_granules - cache->cold_granules;
-    if (cache->release_due > space_release_due(cache, ready))
-        cache->release_due = space_release_due(cache, ready);
+    const size_t due = space_release_due(cache, ready);
+    if (cache->release_due > due)
+        cache->release_due = due;
     if (!frozen && ready >= cache->release_due)
         space_release_ready(cache);
 }

@@ -68,22 +68,6 @@ int spans_reserve(struct spans *s, struct meta *m, size_t n)
     return 0;
 }
 
-static inline __attribute__((always_inline)) uint64_t spans_word(const struct spans *s,
-                                                                 enum spans_kind kind, size_t w)
-{
-    switch (kind) {
-    case SPANS_FREE:
-        return s->free_bits[w];
-    case SPANS_COLD:
-        return s->cold_bits[w];
-    case SPANS_DIRTY:
-        return s->dirty_bits[w];
-    case SPANS_READY:
-        return s->free_bits[w] & ~s->cold_bits[w];
-    }
-    return 0;
-}
-
 /* The first index >= from whose bit equals set, or s->words * BITS when there is none. */
 static size_t spans_next(const struct spans *s, enum spans_kind kind, size_t from, bool set)
 {
@@ -229,7 +213,7 @@ void spans_make_cold(struct spans *s, size_t first, size_t n, bool dirty)
         spans_fill(s->dirty_bits, first, n, true);
 }
 
-bool spans_any(const struct spans *s, enum spans_kind kind, size_t first, size_t n)
+bool spans_any_words(const struct spans *s, enum spans_kind kind, size_t first, size_t n)
 {
     /* Only the words of the range: spans_next would run on to the next set bit, however far
      * (bench/dual: that scan was 45% of the CPU at 100,000 live functions). */

@@ -46,8 +46,8 @@ void spans_put(struct spans *s, size_t first, size_t n, bool cold, bool dirty);
 void spans_take(struct spans *s, size_t first, size_t n);
 /* Marks free granules [first, first + n) cold (their pages were given back), dirty as told. */
 void spans_make_cold(struct spans *s, size_t first, size_t n, bool dirty);
-/* True when any granule of [first, first + n) has the property. */
-bool spans_any(const struct spans *s, enum spans_kind kind, size_t first, size_t n);
+/* spans_any across words. */
+bool spans_any_words(const struct spans *s, enum spans_kind kind, size_t first, size_t n);
 /* The next maximal run [*start, *end) of granules with the property, beginning at or after from
  * and cut at limit; false when there is none. */
 bool spans_next_run(const struct spans *s, enum spans_kind kind, size_t from, size_t limit,
@@ -55,6 +55,34 @@ bool spans_next_run(const struct spans *s, enum spans_kind kind, size_t from, si
 /* The length of the longest run of free granules (for error messages: a full scan). */
 size_t spans_largest_run(const struct spans *s);
 void spans_clear(struct spans *s); /* nothing free, cold or dirty */
+
+/* Word w of the bitmap of a property. */
+static inline __attribute__((always_inline)) uint64_t spans_word(const struct spans *s,
+                                                                 enum spans_kind kind, size_t w)
+{
+    switch (kind) {
+    case SPANS_FREE:
+        return s->free_bits[w];
+    case SPANS_COLD:
+        return s->cold_bits[w];
+    case SPANS_DIRTY:
+        return s->dirty_bits[w];
+    case SPANS_READY:
+        return s->free_bits[w] & ~s->cold_bits[w];
+    }
+    return 0;
+}
+
+/* True when any granule of [first, first + n) has the property. Inline for a range inside one word
+ * of the bitmaps, which is what an allocation asks (a chunk of up to 4 KiB of 64-byte granules,
+ * or of 256 KiB of pages). */
+static inline bool spans_any(const struct spans *s, enum spans_kind kind, size_t first, size_t n)
+{
+    const size_t shift = first % 64;
+    if (shift + n < 64 && first / 64 < s->words)
+        return (spans_word(s, kind, first / 64) >> shift & (((uint64_t)1 << n) - 1)) != 0;
+    return spans_any_words(s, kind, first, n);
+}
 
 /* No granule below this one is ready: where a search for ready granules starts. */
 static inline size_t spans_ready_floor(const struct spans *s)
