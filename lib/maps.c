@@ -28,26 +28,34 @@
 /* Many pages of lines per refill; a line is at most ~4.2 KiB (a PATH_MAX path), so it fits. */
 #define MAPS_BUFFER ((size_t)64 << 10)
 
+int maps_open_buffer(struct maps *maps, char *buf, size_t cap)
+{
+    *maps = (struct maps){.fd = -1, .buf = buf, .cap = cap};
+    maps->fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    return maps->fd < 0 ? -1 : 0;
+}
+
 int maps_open(struct maps *maps, struct meta *meta)
 {
-    *maps = (struct maps){.meta = meta, .fd = -1};
-    maps->fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (maps->fd < 0)
-        return -1;
-    maps->buf = meta_alloc(meta, MAPS_BUFFER);
-    if (maps->buf == NULL) {
-        close(maps->fd);
-        maps->fd = -1;
+    char *buf = meta_alloc(meta, MAPS_BUFFER);
+    if (buf == NULL) {
         errno = ENOMEM;
         return -1;
     }
+    if (maps_open_buffer(maps, buf, MAPS_BUFFER) != 0) {
+        int saved = errno;
+        meta_free(meta, buf, MAPS_BUFFER);
+        errno = saved;
+        return -1;
+    }
+    maps->meta = meta;
     return 0;
 }
 
 void maps_close(struct maps *maps)
 {
-    if (maps->buf != NULL)
-        meta_free(maps->meta, maps->buf, MAPS_BUFFER);
+    if (maps->meta != NULL && maps->buf != NULL)
+        meta_free(maps->meta, maps->buf, maps->cap);
     if (maps->fd >= 0)
         close(maps->fd);
     maps->buf = NULL;
@@ -74,7 +82,7 @@ static bool maps_next_line(struct maps *m, const char **line, const char **eol)
         if (m->eof || m->error != 0)
             return false;
         size_t rest = m->len - m->pos;
-        if (rest == MAPS_BUFFER) {
+        if (rest == m->cap) {
             /* A line longer than the buffer: the kernel prints none, so the file is not what we
              * think it is. */
             m->error = EOVERFLOW;
@@ -83,7 +91,7 @@ static bool maps_next_line(struct maps *m, const char **line, const char **eol)
         memmove(m->buf, start, rest);
         m->pos = 0;
         m->len = rest;
-        ssize_t n = read(m->fd, m->buf + m->len, MAPS_BUFFER - m->len);
+        ssize_t n = read(m->fd, m->buf + m->len, m->cap - m->len);
         if (n < 0) {
             if (errno != EINTR)
                 m->error = errno;
@@ -127,7 +135,7 @@ static bool maps_parse_hex(const char **pos, const char *end, uintptr_t *out)
 /* The next mapping "start-end perms offset dev inode [pathname]", as [*lo, *hi). A line that does
  * not parse is skipped: it cannot hide a mapping from placement, since every claim is made with
  * MAP_FIXED_NOREPLACE and checked, so the worst case is one failed attempt. */
-static bool maps_next_mapping(struct maps *m, uintptr_t *lo, uintptr_t *hi)
+bool maps_next_mapping(struct maps *m, uintptr_t *lo, uintptr_t *hi)
 {
     const char *line, *eol;
     while (maps_next_line(m, &line, &eol)) {

@@ -12,7 +12,8 @@ struct meta;
 struct maps {
     struct meta *meta;
     int fd;
-    char *buf;          /* MAPS_BUFFER bytes from the cache's arena */
+    char *buf; /* cap bytes: from the cache's arena (meta), or the caller's */
+    size_t cap;
     size_t pos, len;    /* the text not parsed yet: buf[pos, len) */
     bool eof;           /* read(2) returned 0 */
     int error;          /* errno of a failed read, or 0 */
@@ -22,6 +23,12 @@ struct maps {
 };
 
 int maps_open(struct maps *maps, struct meta *meta); /* 0, or -1 + errno */
+/* The same through the caller's buffer, where no arena exists yet (addrspace.c); a line longer
+ * than the buffer ends the walk (EOVERFLOW). */
+int maps_open_buffer(struct maps *maps, char *buf, size_t cap);
+/* The next mapping, in increasing address order, as [*lo, *hi); false at the end or when a read
+ * fails (maps->error). */
+bool maps_next_mapping(struct maps *maps, uintptr_t *lo, uintptr_t *hi);
 /* The next gap, in increasing address order, between mappings: [*start, *end), including the
  * gap below the first mapping (from 0) and above the last one (to arch_user_top). False at the
  * end, or when a read fails (maps->error then holds its errno). A caller may stop early: what

@@ -23,15 +23,10 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
-#include <pthread.h>
 #include <stdatomic.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
 #include <time.h>
-#include <unistd.h>
 
+#include "addrspace.h"
 #include "arch.h"
 #include "debug.h"
 #include "maps.h"
@@ -52,24 +47,8 @@
 #define PLACE_BLIND_ROUNDS 64
 
 /* Spots picked by a scan and then refused for a reason the map does not show are remembered so
- * that the next scan avoids them (one per round at most), after the stack's room (below). */
+ * that the next scan avoids them (one per round at most), after the stack's room (addrspace.c). */
 #define PLACE_MAX_EXCLUDED (1 + PLACE_ROUNDS)
-
-/* vm.mmap_min_addr when /proc/sys cannot be read: the kernel's usual default. */
-#define PLACE_DEFAULT_MIN_ADDR 65536
-
-/*
- * The main thread's stack grows down from its top, up to RLIMIT_STACK. A cache placed in that
- * room would cap the growth and turn a deep recursion into a crash, so the room counts as taken,
- * for the probes and the scan alike. The kernel itself keeps at least 128 MiB below the stack
- * free for this reason (the gap under its mmap_base), so counting that much takes nothing anyone
- * else would get; more than 1 GiB (an unlimited stack, say) would forbid half a window for a
- * stack that never grows that deep. The kernel's guard gap (stack_guard_gap, 1 MiB by default)
- * comes on top.
- */
-#define PLACE_STACK_ROOM_MIN ((size_t)128 << 20)
-#define PLACE_STACK_ROOM_MAX ((size_t)1 << 30)
-#define PLACE_STACK_GUARD    ((size_t)1 << 20)
 
 /*
  * Whether this kernel honours MAP_FIXED_NOREPLACE (Linux 4.17+). Older kernels ignore unknown
@@ -83,139 +62,6 @@ static atomic_bool place_noreplace_ignored;
 struct place_range {
     uintptr_t lo, hi;
 };
-
-static pthread_once_t place_once = PTHREAD_ONCE_INIT;
-static uintptr_t place_floor;               /* lowest base, page aligned, at least a page */
-static struct place_range place_stack_room; /* empty when the stack top is unknown */
-static bool place_nearest_mode;             /* CODE_CACHE_NO_RANDOM=1 */
-
-/* The decimal number at p; false when there is none or it does not fit. */
-static bool place_parse_decimal(const char *p, uintptr_t *out)
-{
-    uintptr_t value = 0;
-    if (*p < '0' || *p > '9')
-        return false;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        uintptr_t digit = (uintptr_t)(*p - '0');
-        if (value > (UINTPTR_MAX - digit) / 10)
-            return false;
-        value = value * 10 + digit;
-    }
-    *out = value;
-    return true;
-}
-
-/* The start of a small /proc file, NUL-terminated; false when it cannot be read. */
-static bool place_read_proc(const char *path, char *buf, size_t size)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return false;
-    ssize_t n = read(fd, buf, size - 1);
-    close(fd);
-    if (n <= 0)
-        return false;
-    buf[n] = '\0';
-    return true;
-}
-
-/* The top of the main thread's stack: field 28 (startstack) of /proc/self/stat, which is the
- * same for every thread and never moves. 0 when unknown. */
-static uintptr_t place_stack_top(void)
-{
-    char buf[1024];
-    if (!place_read_proc("/proc/self/stat", buf, sizeof buf))
-        return 0;
-    /* Field 2, the command name in parentheses, may itself hold spaces and parentheses: count
-     * the fields from the last ')'. */
-    const char *p = strrchr(buf, ')');
-    for (int field = 2; p != NULL && field < 28; field++)
-        p = strchr(p + 1, ' ');
-    uintptr_t top;
-    return p != NULL && place_parse_decimal(p + 1, &top) ? top : 0;
-}
-
-/*
- * The end of the mapping just below the one holding addr (the main thread's stack), or 0 when
- * unknown. The stack can never grow past that mapping, so the address space below it is no room
- * of the stack's. On a kernel's own layout that mapping lies far below (the stack sits under the
- * top, the mmap area starts at least 128 MiB lower), and this changes nothing. qemu-user gives its
- * guest a stack of a fixed size (RLIMIT_STACK) right above the program, its heap and its
- * libraries: counting the room there as the stack's would leave nothing free near the program's
- * own functions. One pass over /proc/self/maps, through a buffer on the stack.
- */
-static uintptr_t place_below_mapping_of(uintptr_t addr)
-{
-    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    char buf[8192];
-    size_t len = 0;
-    uintptr_t prev_hi = 0, found = 0;
-    bool done = false;
-    while (!done) {
-        ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-        buf[len] = '\0';
-        char *line = buf, *eol;
-        while (!done && (eol = memchr(line, '\n', (size_t)(buf + len - line))) != NULL) {
-            char *end;
-            uintptr_t lo = (uintptr_t)strtoull(line, &end, 16);
-            uintptr_t hi = *end == '-' ? (uintptr_t)strtoull(end + 1, NULL, 16) : 0;
-            if (lo <= addr && addr < hi) {
-                found = prev_hi;
-                done = true;
-            }
-            prev_hi = hi;
-            line = eol + 1;
-        }
-        /* The partial line moves to the front; a line longer than the buffer ends the search. */
-        len = (size_t)(buf + len - line);
-        memmove(buf, line, len);
-        if (len == sizeof buf - 1)
-            break;
-    }
-    close(fd);
-    return found;
-}
-
-/* What does not change during the life of the process, read once: vm.mmap_min_addr (the kernel
- * refuses anything below it with EPERM), the stack's room, and CODE_CACHE_NO_RANDOM. Address 0
- * is never a candidate even where mmap_min_addr is 0: a mapping at NULL would read as failure. */
-static void place_init(void)
-{
-    char buf[32];
-    uintptr_t min_addr;
-    if (!place_read_proc("/proc/sys/vm/mmap_min_addr", buf, sizeof buf) ||
-        !place_parse_decimal(buf, &min_addr) || min_addr > arch_user_top)
-        min_addr = PLACE_DEFAULT_MIN_ADDR;
-    if (min_addr < os_page_size)
-        min_addr = os_page_size;
-    place_floor = align_up(min_addr, os_page_size);
-
-    uintptr_t top = place_stack_top();
-    if (top != 0 && top < arch_user_top) {
-        size_t room = PLACE_STACK_ROOM_MIN;
-        struct rlimit rl;
-        if (getrlimit(RLIMIT_STACK, &rl) == 0) {
-            if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > PLACE_STACK_ROOM_MAX)
-                room = PLACE_STACK_ROOM_MAX;
-            else if (rl.rlim_cur > room)
-                room = (size_t)rl.rlim_cur;
-        }
-        room += PLACE_STACK_GUARD;
-        place_stack_room.lo = top > room ? align_down(top - room, os_page_size) : 0;
-        place_stack_room.hi = align_up(top, os_page_size);
-        uintptr_t below = place_below_mapping_of(top - 1);
-        if (below > place_stack_room.lo && below < place_stack_room.hi)
-            place_stack_room.lo = align_up(below, os_page_size);
-    }
-
-    const char *v = getenv("CODE_CACHE_NO_RANDOM");
-    place_nearest_mode = v != NULL && *v != '\0' && strcmp(v, "0") != 0;
-}
 
 /* ---- The state of one placement ---- */
 
@@ -277,9 +123,9 @@ static uintptr_t place_random_base(struct place *pl, uintptr_t lo, uintptr_t las
  *     from the last origin to the first target:  base + size <= tlo + reach + arch_origin_last
  * so the region lies in [thi - reach - first, tlo + reach + last): room for
  * 2 * reach + first + last - (thi - tlo) bytes. Each bound is computed only when it cannot wrap,
- * and clipped to what mmap can give: [place_floor, arch_user_top). EINVAL when the size does not
- * fit even in the unclipped window, ERANGE when it is the clipping (or page alignment) that
- * leaves too little.
+ * and clipped to what mmap can give: [the floor of addrspace.c, arch_user_top). EINVAL when the
+ * size does not fit even in the unclipped window, ERANGE when it is the clipping (or page
+ * alignment) that leaves too little.
  */
 static int place_window(struct place *pl)
 {
@@ -293,7 +139,8 @@ static int place_window(struct place *pl)
         errno = EINVAL;
         return -1;
     }
-    uintptr_t lo = thi > place_floor + below ? thi - below : place_floor;
+    const uintptr_t floor = addrspace_limits()->floor;
+    uintptr_t lo = thi > floor + below ? thi - below : floor;
     uintptr_t hi = tlo < arch_user_top && arch_user_top - tlo > above ? tlo + above : arch_user_top;
     lo = align_up(lo, os_page_size);
     hi = align_down(hi, os_page_size);
@@ -565,7 +412,7 @@ static enum place_outcome place_search(struct place *pl, struct meta *meta, void
 void *place_reserve(const struct place_request *req, struct meta *meta)
 {
     os_init();
-    pthread_once(&place_once, place_init);
+    const struct addrspace_limits *limits = addrspace_limits();
     if (req->size == 0 || req->size % os_page_size != 0) {
         errno = EINVAL;
         return NULL;
@@ -573,7 +420,7 @@ void *place_reserve(const struct place_request *req, struct meta *meta)
     if (req->target_hi == req->target_lo)
         return place_anywhere(req);
 
-    struct place pl = {.req = req, .nearest = place_nearest_mode};
+    struct place pl = {.req = req, .nearest = limits->nearest};
     uint64_t started = debug_enabled() ? place_clock_ns() : 0;
     if (place_window(&pl) != 0) {
         debug_log("place: %zu bytes cannot reach [%#lx, %#lx) with reach %#zx: %s", req->size,
@@ -587,7 +434,7 @@ void *place_reserve(const struct place_request *req, struct meta *meta)
               (unsigned long)pl.lo, (unsigned long)pl.hi,
               pl.nearest ? ", nearest base (CODE_CACHE_NO_RANDOM)" : "");
     place_seed(&pl);
-    place_exclude(&pl, place_stack_room.lo, place_stack_room.hi);
+    place_exclude(&pl, limits->stack_lo, limits->stack_hi);
 
     void *region = NULL;
     enum place_outcome outcome = place_probe(&pl, &region);
@@ -631,7 +478,7 @@ void *place_reserve(const struct place_request *req, struct meta *meta)
 void *place_random(size_t size, uintptr_t avoid_lo, uintptr_t avoid_hi)
 {
     os_init();
-    pthread_once(&place_once, place_init);
+    const struct addrspace_limits *limits = addrspace_limits();
     const uintptr_t page = os_page_size, span_lo = (uintptr_t)1 << 40;
     const uintptr_t span_hi =
         arch_user_top > 2 * span_lo + size ? arch_user_top - span_lo - size : span_lo;
@@ -650,7 +497,7 @@ void *place_random(size_t size, uintptr_t avoid_lo, uintptr_t avoid_hi)
             break;
         uintptr_t lo = (uintptr_t)p, hi = lo + size;
         bool near_code = lo < avoid_hi + page && hi + page > avoid_lo;
-        bool in_stack = lo < place_stack_room.hi && hi > place_stack_room.lo;
+        bool in_stack = lo < limits->stack_hi && hi > limits->stack_lo;
         if (!near_code && !in_stack) {
             found = p;
             break;
