@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "fault.h"
+#include "open_hook.h"
 #include "helpers.h"
 
 /* The failures asked for; a call is judged by the first rule of its kind whose argument
@@ -226,32 +227,11 @@ int memfd_create(const char *name, unsigned flags)
     return (int)syscall(SYS_memfd_create, name, flags);
 }
 
-static int fault_open(const void *ret, const char *path, int flags, va_list ap)
+int open_hook(const void *caller, const char *path, int flags, mode_t mode)
 {
-    mode_t mode = 0;
-    if (flags & (O_CREAT | O_TMPFILE))
-        mode = va_arg(ap, mode_t);
-    if (fault_hit(FAULT_OPEN, flags, ret))
+    if (fault_hit(FAULT_OPEN, flags, caller))
         return -1;
-    return (int)syscall(SYS_openat, AT_FDCWD, path, flags, mode);
-}
-
-int open(const char *path, int flags, ...)
-{
-    va_list ap;
-    va_start(ap, flags);
-    int fd = fault_open(__builtin_return_address(0), path, flags, ap);
-    va_end(ap);
-    return fd;
-}
-
-int open64(const char *path, int flags, ...)
-{
-    va_list ap;
-    va_start(ap, flags);
-    int fd = fault_open(__builtin_return_address(0), path, flags, ap);
-    va_end(ap);
-    return fd;
+    return open_hook_syscall(path, flags, mode);
 }
 
 int ftruncate(int fd, off_t len)

@@ -17,7 +17,6 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +26,7 @@
 
 #include "code_cache.h"
 #include "helpers.h"
+#include "open_hook.h"
 
 #define PAGE test_page_size()
 
@@ -82,38 +82,14 @@ static int served_map(void)
     return fd;
 }
 
-static int open_for(const void *caller, const char *path, int flags, mode_t mode)
+int open_hook(const void *caller, const char *path, int flags, mode_t mode)
 {
     if (test_called_from_library(caller) && strcmp(path, "/proc/self/maps") == 0) {
         serve.opens++;
         serve.fd = served_map();
         return serve.fd;
     }
-    return (int)syscall(SYS_openat, AT_FDCWD, path, flags, mode);
-}
-
-int open(const char *path, int flags, ...)
-{
-    mode_t mode = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list ap;
-        va_start(ap, flags);
-        mode = va_arg(ap, mode_t);
-        va_end(ap);
-    }
-    return open_for(__builtin_return_address(0), path, flags, mode);
-}
-
-int open64(const char *path, int flags, ...)
-{
-    mode_t mode = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list ap;
-        va_start(ap, flags);
-        mode = va_arg(ap, mode_t);
-        va_end(ap);
-    }
-    return open_for(__builtin_return_address(0), path, flags, mode);
+    return open_hook_syscall(path, flags, mode);
 }
 
 ssize_t read(int fd, void *buf, size_t n)

@@ -9,7 +9,6 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,44 +17,22 @@
 
 #include "helpers.h"
 #include "place_helpers.h"
+#include "open_hook.h"
 
 #define REACH      (64 * MiB)
 #define CACHE_SIZE (1 * MiB)
 
 static atomic_uint proc_opens_refused;
 
-static int open_or_refuse(const void *caller, const char *path, int flags, mode_t mode)
+/* The library's opens of /proc files are refused (open_hook.h). */
+int open_hook(const void *caller, const char *path, int flags, mode_t mode)
 {
     if (strncmp(path, "/proc/", 6) == 0 && test_called_from_library(caller)) {
         atomic_fetch_add(&proc_opens_refused, 1);
         errno = ENOENT;
         return -1;
     }
-    return (int)syscall(SYS_openat, AT_FDCWD, path, flags, mode);
-}
-
-int open(const char *path, int flags, ...)
-{
-    mode_t mode = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list ap;
-        va_start(ap, flags);
-        mode = va_arg(ap, mode_t);
-        va_end(ap);
-    }
-    return open_or_refuse(__builtin_return_address(0), path, flags, mode);
-}
-
-int open64(const char *path, int flags, ...)
-{
-    mode_t mode = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list ap;
-        va_start(ap, flags);
-        mode = va_arg(ap, mode_t);
-        va_end(ap);
-    }
-    return open_or_refuse(__builtin_return_address(0), path, flags, mode);
+    return open_hook_syscall(path, flags, mode);
 }
 
 static uintptr_t area, target;
