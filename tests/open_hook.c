@@ -27,11 +27,5 @@ int open(const char *path, int flags, ...)
     return open_hook(__builtin_return_address(0), path, flags, mode);
 }
 
-int open64(const char *path, int flags, ...)
-{
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = open_hook_mode(flags, ap);
-    va_end(ap);
-    return open_hook(__builtin_return_address(0), path, flags, mode);
-}
+/* The same function under the name of the large-file interface. */
+int open64(const char *path, int flags, ...) __attribute__((alias("open")));
