@@ -416,19 +416,33 @@ static size_t free_past_the_batch(struct code_cache *cache, struct code_span *sp
     return n;
 }
 
-Test(syscall_failures, a_batch_release_that_cannot_revoke_access_keeps_the_pages_ready)
+/* A dual cache whose batch release met a failure at site (every call there failing with err):
+ * BATCH chunks of 64 pages freed past the batch, their spans in spans, the failure cleared and the
+ * statistics in *st. Whatever failed, nothing may be retired. */
+enum { BATCH = 20 };
+
+static struct code_cache *after_a_failed_batch(struct site (*site)(const struct code_cache *),
+                                               int err, struct code_span spans[BATCH],
+                                               struct code_cache_stats *st)
 {
     dual_backend_only("mprotect gives each freed span back at once (free_that_cannot_*)");
     struct code_cache *cache = test_cache_near_helper(32 * MiB);
-    fail_at(revoke_site(cache), 0, ENOMEM);
-    struct code_span spans[20];
-    size_t n = free_past_the_batch(cache, spans, 20);
+    fail_at(site(cache), 0, err);
+    cr_assert_eq(free_past_the_batch(cache, spans, BATCH), BATCH);
     cr_assert_geq(fault_failures(), 1, "no batch was tried");
     fault_clear();
+    code_cache_get_stats(cache, st);
+    cr_assert_eq(st->retired, 0, "nothing is lost: the pages are still committed, or released");
+    return cache;
+}
+
+Test(syscall_failures, a_batch_release_that_cannot_revoke_access_keeps_the_pages_ready)
+{
+    struct code_span spans[BATCH];
     struct code_cache_stats st;
-    code_cache_get_stats(cache, &st);
-    cr_assert_eq(st.retired, 0, "nothing is lost: the pages are still committed and trapped");
-    cr_assert_geq(st.free_ready, n * 64 * PAGE);
+    struct code_cache *cache = after_a_failed_batch(revoke_site, ENOMEM, spans, &st);
+    const size_t n = BATCH;
+    cr_assert_geq(st.free_ready, n * 64 * PAGE, "the pages are still committed and trapped");
     check_maps(cache);
     for (size_t i = 0; i < n; i++) {
         expect_prot(spans[i].rx, spans[i].size, "r-x");
@@ -448,16 +462,9 @@ Test(syscall_failures, a_batch_release_that_cannot_revoke_access_keeps_the_pages
 
 Test(syscall_failures, a_batch_release_that_cannot_punch_the_file_still_hands_out_fresh_traps)
 {
-    dual_backend_only("mprotect gives each freed span back at once (free_that_cannot_*)");
-    struct code_cache *cache = test_cache_near_helper(32 * MiB);
-    fail_at(discard_site(cache), 0, EAGAIN);
-    struct code_span spans[20];
-    size_t n = free_past_the_batch(cache, spans, 20);
-    cr_assert_geq(fault_failures(), 1, "no batch was tried");
-    fault_clear();
+    struct code_span spans[BATCH];
     struct code_cache_stats st;
-    code_cache_get_stats(cache, &st);
-    cr_assert_eq(st.retired, 0);
+    struct code_cache *cache = after_a_failed_batch(discard_site, EAGAIN, spans, &st);
     cr_assert_lt(st.free_ready, 2 * MiB, "the pages were made inaccessible all the same");
     check_maps(cache);
     expect_prot(spans[0].rx, spans[0].size, "---");
@@ -474,7 +481,6 @@ Test(syscall_failures, a_batch_release_that_cannot_punch_the_file_still_hands_ou
         expect_fresh_chunk(chunk);
     }
     check_maps(cache);
-    (void)n;
     code_cache_destroy(cache);
 }
 
