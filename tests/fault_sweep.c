@@ -267,7 +267,7 @@ static void life(struct scenario *s, int size, int near, int flags, int second_f
     op(s, MOP_DESTROY, 0, END);
 }
 
-/* The dual backend's batches: more than 2 MiB freed and still committed (CACHE_READY_MAX), given
+/* The dual backend's batches: more than 4 MiB freed and still committed (CACHE_READY_MAX), given
  * back at once down to the last megabyte freed; then a megabyte ready is reused first. */
 static void batches(struct scenario *s)
 {

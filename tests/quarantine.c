@@ -5,7 +5,7 @@
  * span between sealed chunks is one, and splits its neighbours) stay bounded however long code
  * churns. Run once per backend (helpers.h): the chunks are whole pages in both, so the freed spans
  * are the same; the dual backend's stay r-x and trapped, ready, and are reused as soon as 1 MiB
- * of them waits (1 MiB of one-page spans: 256, the bound for that backend), until more than 2 MiB
+ * of them waits (1 MiB of one-page spans: 256, the bound for that backend), until more than 4 MiB
  * of them are given back in one batch, down to the last 1 MiB.
  */
 #include <criterion/criterion.h>
@@ -216,12 +216,12 @@ Test(quarantine, allocation_reuses_freed_spans_first_at_the_bound)
 
 /*
  * The dual backend keeps freed spans committed and trapped (free_ready), and gives their whole
- * pages back once more than 2 MiB of them wait, all but the last 1 MiB, however scattered: here
+ * pages back once more than 4 MiB of them wait, all but the last 1 MiB, however scattered: here
  * every other page-sized chunk is freed, so each freed page is a run of its own between two
  * sealed chunks. (The first version gave back 64 runs per batch and then waited again: free_ready
  * grew with every free.) With mprotect a freed span is given back at once: free_ready stays 0.
  */
-Test(quarantine, scattered_freed_pages_are_given_back_once_2_MiB_wait)
+Test(quarantine, scattered_freed_pages_are_given_back_once_4_MiB_wait)
 {
     enum { N = 4096 };
     static struct code_chunk *c[N];
@@ -246,7 +246,7 @@ Test(quarantine, scattered_freed_pages_are_given_back_once_2_MiB_wait)
     struct code_cache_stats st;
     code_cache_get_stats(cache, &st);
     if (test_cache_is_dual(cache)) {
-        cr_assert_leq(most, ((size_t)2 << 20) + PAGE,
+        cr_assert_leq(most, ((size_t)4 << 20) + PAGE,
                       "%zu KiB of whole free pages were kept ready after %zu KiB were freed",
                       most >> 10, (size_t)N / 2 * PAGE >> 10);
         cr_assert_geq(released, 2, "%zu batches for %zu KiB freed", released,
