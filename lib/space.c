@@ -37,13 +37,11 @@
  * CACHE_READY_QUARANTINE bytes of them wait (the lowest first, which is roughly the oldest): a
  * stale call into the last megabyte freed still traps. Beyond CACHE_READY_MAX, their whole pages
  * are given back to the system in a batch, down to the quarantine (space_release_ready). The gap
- * between the two is a commit-ahead step, so that a step committed into a freed span is not given
- * back before it is used; it is no larger, because what waits above the quarantine is memory per
- * live function (bench/dual: 4 MiB cost 1% at 100,000 live functions of 1 KiB) and a batch of
- * 1 MiB is still a few system calls per thousand frees.
+ * between the two is larger than a commit-ahead step, so that a step committed into a freed span
+ * is never given back before it is used.
  */
 #define CACHE_READY_QUARANTINE ((size_t)1 << 20)
-#define CACHE_READY_MAX        ((size_t)2 << 20)
+#define CACHE_READY_MAX        ((size_t)4 << 20)
 
 /* The ready granules at which the next batch release runs, ready being what is ready now: at
  * least CACHE_READY_MAX, and far enough above what a pass could not give back (scattered, not
