@@ -375,7 +375,8 @@ void code_cache_get_stats(const struct code_cache *cache, struct code_cache_stat
     pthread_mutex_lock(&c->lock);
     size_t ahead = c->ahead > c->bump ? c->ahead - c->bump : 0;
     size_t ready = c->free_granules - c->cold_granules;
-    /* Seals add to the sealed count without the lock, but only ever for a live chunk. */
+    /* Seals add to the sealed count without the lock, while their chunk is SEALING: a live chunk
+     * that a free or a reset waits for. */
     size_t sealed = __atomic_load_n(&c->sealed_chunks, __ATOMIC_RELAXED);
     *out = (struct code_cache_stats){
         .base = c->base,

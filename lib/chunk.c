@@ -320,8 +320,10 @@ int code_chunk_seal(struct code_chunk *chunk)
     }
     wx_publish((uintptr_t)whole.rx, whole.size, chunk->reused);
     debuginfo_seal(chunk);
-    chunk_store_state(chunk, CHUNK_SEALED);
+    /* Counted while still SEALING, which a free or a reset waits out: counted after the store,
+     * a reset could zero the counts in between and the add would land on a count of 0. */
     __atomic_fetch_add(&cache->sealed_chunks, 1, __ATOMIC_RELAXED);
+    chunk_store_state(chunk, CHUNK_SEALED);
     return 0;
 }
 

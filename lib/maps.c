@@ -37,6 +37,7 @@ int maps_open_buffer(struct maps *maps, char *buf, size_t cap)
 
 int maps_open(struct maps *maps, struct meta *meta)
 {
+    *maps = (struct maps){.fd = -1}; /* maps_close is harmless after any failure */
     char *buf = meta_alloc(meta, MAPS_BUFFER);
     if (buf == NULL) {
         errno = ENOMEM;
@@ -45,6 +46,7 @@ int maps_open(struct maps *maps, struct meta *meta)
     if (maps_open_buffer(maps, buf, MAPS_BUFFER) != 0) {
         int saved = errno;
         meta_free(meta, buf, MAPS_BUFFER);
+        maps->buf = NULL;
         errno = saved;
         return -1;
     }

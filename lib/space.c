@@ -452,10 +452,10 @@ static void space_reclaimed(struct code_cache *cache, struct code_chunk *chunk, 
 
 /*
  * A free whose span stays ready (dual backend) writes its traps with the lock held, when the span
- * is small: one lock a free instead of two, and none of the bookkeeping of working outside it
- * (bench/dual: the second lock, its store-buffer drain behind the traps and the wake-up check were
- * the largest item of a free). A few kilobytes of stores is shorter than what other threads would
- * wait for otherwise. Not for hardened caches, whose scrub may be an mprotect.
+ * is small and the backend says its scrub is stores alone: one lock a free instead of two, and
+ * none of the bookkeeping of working outside it. A few kilobytes of stores is shorter than what
+ * other threads would wait for otherwise. Never a system call under the lock: not in a hardened
+ * cache (mprotect), nor where instruction fetch is stale (the RX view mapped again).
  */
 #define SPACE_SCRUB_IN_LOCK ((size_t)16 << 10)
 
@@ -464,8 +464,8 @@ bool space_reclaim_in_lock(struct code_cache *cache, struct code_chunk *chunk, b
     const unsigned shift = cache->granule_shift;
     const uint64_t extent = chunk_load_extent(chunk);
     const size_t first = chunk_first(extent), n = chunk_granules(extent);
-    if (!cache->wx->freed_stays_ready || cache->harden || (n << shift) > SPACE_SCRUB_IN_LOCK ||
-        cache_frozen_by_fork(cache))
+    if (cache->wx->scrub_in_lock == NULL || (n << shift) > SPACE_SCRUB_IN_LOCK ||
+        cache_frozen_by_fork(cache) || !cache->wx->scrub_in_lock(cache))
         return false;
     int rc = cache->wx->scrub(cache, first << shift, n << shift, sealed);
     space_reclaimed(cache, chunk, first, n, rc, false, true);
@@ -510,11 +510,25 @@ void space_forget_all(struct code_cache *cache, size_t released, bool discarded)
     cache->retired_granules = 0;
     if (!discarded) {
         /* The pages are inaccessible but keep their old content. They stay below the bump
-         * pointer as free, cold, dirty spans, discarded again before anyone writes there. */
-        size_t pages = released >> cache->granule_shift;
-        debug_log("reset: the memory could not be discarded: %zu bytes kept as dirty", released);
-        spans_put(&cache->spans, 0, pages, true, true);
+         * pointer as free, cold, dirty spans, discarded again before anyone writes there. They
+         * may run past where the bump pointer was (what was committed ahead), and so past what
+         * the span bitmaps and the granule words cover: those grow first. What they cannot
+         * cover (no memory) is retired until the next reset. */
+        const size_t pages = released >> cache->granule_shift;
+        size_t indexed = pages;
+        if (spans_reserve(&cache->spans, &cache->meta, pages) != 0 ||
+            find_grow(cache, pages) != 0) {
+            const size_t words = cache->spans.words * 64, found = cache->find.capacity;
+            indexed = align_down(words < found ? words : found, cache->page_granules);
+            if (indexed > pages)
+                indexed = pages;
+        }
+        debug_log("reset: the memory could not be discarded: %zu bytes kept as dirty, %zu retired",
+                  released, (pages - indexed) << cache->granule_shift);
+        if (indexed > 0)
+            spans_put(&cache->spans, 0, indexed, true, true);
         cache->bump = cache->ahead = pages;
-        cache->free_granules = cache->cold_granules = pages;
+        cache->free_granules = cache->cold_granules = indexed;
+        cache->retired_granules = pages - indexed;
     }
 }

@@ -37,6 +37,9 @@ struct wx_ops {
     /* A freed span that stays ready (freed_stays_ready): its bytes become traps. sealed: the
      * chunk was SEALED when it was freed. 0, or -1 + errno when the span cannot be written. */
     int (*scrub)(struct code_cache *cache, size_t off, size_t len, bool sealed);
+    /* Whether scrub is only stores (no system call, no other lock), so that a free may make it
+     * with the cache's lock held; NULL: never. */
+    bool (*scrub_in_lock)(const struct code_cache *cache);
     /* Around a write into sealed code (code_chunk_patch), for backends that can: the span is
      * writable between begin (0, or -1 + errno) and end. */
     int (*patch_begin)(struct code_cache *cache, size_t off, size_t len);

@@ -302,13 +302,17 @@ static int dual_commit(struct code_cache *cache, size_t off, size_t len, bool di
      * memory is then an error (ENOSPC or ENOMEM), not a SIGBUS in the middle of a memset. And
      * allocated apart from the page tables: tmpfs fills its page cache in one pass faster than
      * it takes first-write faults one page at a time (bench/alloc's batch: a tenth less time).
-     * A file system without fallocate leaves it to the faults. */
-    wx_count_syscall(cache);
-    if (os_allocate(cache->fd, off, len) != 0 && errno != EOPNOTSUPP) {
-        int saved = errno;
+     * Any other refusal (a file system without fallocate, a seccomp filter) leaves it to the
+     * faults. Kernels before 6.9 stop a tmpfs fallocate at any signal (EINTR): it is retried. */
+    int rc;
+    do {
+        wx_count_syscall(cache);
+        rc = os_allocate(cache->fd, off, len);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0 && (errno == ENOSPC || errno == ENOMEM)) {
         wx_count_syscall(cache);
         os_punch(cache->fd, off, len); /* what it allocated before it failed */
-        errno = saved == ENOSPC ? ENOMEM : saved;
+        errno = ENOMEM;
         return -1;
     }
     wx_count_syscall(cache);
@@ -399,6 +403,13 @@ static int dual_scrub(struct code_cache *cache, size_t off, size_t len, bool sea
     return 0;
 }
 
+/* A scrub is stores alone, except in a hardened cache (mprotect under harden_lock) and where
+ * fetch is stale (the RX view mapped again). */
+static bool dual_scrub_in_lock(const struct code_cache *cache)
+{
+    return !cache->harden && __atomic_load_n(&dual_fetch, __ATOMIC_RELAXED) != DUAL_FETCH_STALE;
+}
+
 const struct wx_ops wx_dual = {
     .name = "dual",
     .granule_shift = 6,
@@ -411,6 +422,7 @@ const struct wx_ops wx_dual = {
     .seal = dual_seal,
     .release = dual_release,
     .scrub = dual_scrub,
+    .scrub_in_lock = dual_scrub_in_lock,
     .patch_begin = dual_patch_begin,
     .patch_end = dual_patch_end,
 };

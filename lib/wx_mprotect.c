@@ -83,6 +83,7 @@ const struct wx_ops wx_mprotect = {
     .seal = mprotect_seal,
     .release = mprotect_release,
     .scrub = NULL,
+    .scrub_in_lock = NULL,
     .patch_begin = NULL,
     .patch_end = NULL,
 };

@@ -52,7 +52,8 @@ static size_t round_up(size_t size, size_t granule)
  * What each operation costs in system calls, and how many of them are protection changes, by
  * backend. mprotect: create probes exec permission (r-x and back), a commit is mprotect rw- and a
  * populate, a seal one mprotect, a free mprotect --- and a discard. Dual: nothing is ever
- * mprotect'ed; a commit populates the file and maps it r-x, a seal and a free make no call.
+ * mprotect'ed; a commit allocates the file's pages, populates them and maps them r-x, a seal and
+ * a free make no call.
  */
 struct costs {
     size_t commit, commit_prot, seal, seal_prot, free, free_prot;

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -12,10 +13,12 @@ int open_hook_syscall(const char *path, int flags, mode_t mode)
     return (int)syscall(SYS_openat, AT_FDCWD, path, flags, mode);
 }
 
-/* The mode is there only when the flags ask to create a file. */
+/* The mode is there only when the flags ask to create a file. O_TMPFILE holds O_DIRECTORY's bit:
+ * all of its bits must be set. */
 static mode_t open_hook_mode(int flags, va_list ap)
 {
-    return flags & (O_CREAT | O_TMPFILE) ? va_arg(ap, mode_t) : 0;
+    bool creates = (flags & O_CREAT) != 0 || (flags & O_TMPFILE) == O_TMPFILE;
+    return creates ? va_arg(ap, mode_t) : 0;
 }
 
 int open(const char *path, int flags, ...)
