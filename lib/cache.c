@@ -181,7 +181,7 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
     space_init(cache);
     cache->fork_generation = wx_fork_generation();
     spans_init(&cache->spans, cache->ngranules);
-    table_init(&cache->records, sizeof(struct code_chunk), 6);
+    table_init(&cache->records, sizeof(struct code_chunk), CHUNK_RECORDS_BASE);
     find_init(cache);
 
     if (cache->wx->open(cache) != 0)

@@ -35,8 +35,7 @@
 
 _Static_assert(sizeof(struct code_chunk) == 56, "a chunk record is 56 bytes (documented)");
 
-#define CHUNK_QUARANTINE   64
-#define CHUNK_RECORDS_BASE 6 /* 64 records in the first slab */
+#define CHUNK_QUARANTINE 64
 
 struct veneer {
     const void *target;

@@ -69,14 +69,15 @@ struct code_chunk *code_cache_find(const struct code_cache *cache, const void *a
     else
         return NULL;
     size_t granule = off >> cache->granule_shift;
-    const uint32_t *word = table_at(&cache->find, granule);
+    const uint32_t *word = table_run_as(&cache->find, granule, NULL, sizeof *word, FIND_BASE_SHIFT);
     if (word == NULL)
         return NULL;
     uint32_t id = __atomic_load_n(word, __ATOMIC_ACQUIRE);
     if (id == 0)
         return NULL;
     /* The record's address is computed, not read: the record itself is not touched. */
-    struct code_chunk *chunk = table_at(&cache->records, id - 1);
+    struct code_chunk *chunk =
+        table_run_as(&cache->records, id - 1, NULL, sizeof *chunk, CHUNK_RECORDS_BASE);
     /* A free clears the words of its chunk before the record can be retired and reused, and a
      * reuse writes the words of its new span only once the record is complete: if the word still
      * holds the same id, the record is the live chunk covering this granule now (or one being

@@ -52,6 +52,9 @@ enum chunk_state {
 
 struct veneers; /* chunk.c */
 
+/* The record table's first slab holds 1 << CHUNK_RECORDS_BASE records (64). */
+#define CHUNK_RECORDS_BASE 6
+
 /*
  * One record per chunk, 56 bytes, in the cache's record table (table.h: records never move, so
  * code_cache_find may read one from a signal handler while the table grows). Offsets are 32-bit:

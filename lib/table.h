@@ -29,21 +29,30 @@ void table_init(struct table *t, size_t elem_size, unsigned base_shift);
 int table_grow(struct table *t, struct meta *m, size_t n);
 void table_release(struct table *t, struct meta *m);
 
-/* Element i, or NULL when it does not exist (yet); *run (when not NULL) is set to the number of
- * elements from i on that follow it contiguously in memory. Lock-free and async-signal-safe. */
-static inline void *table_run(const struct table *t, size_t i, size_t *run)
+/* Element i of a table made with elem_size and base_shift (table_init), or NULL when it does not
+ * exist (yet); *run (when not NULL) is set to the number of elements from i on that follow it
+ * contiguously in memory. Lock-free and async-signal-safe. Where the caller passes constants, the
+ * arithmetic needs no load and no multiplication by a variable: code_cache_find's lookups, whose
+ * length bounds how many of them overlap in the processor. */
+static inline __attribute__((always_inline)) void *
+table_run_as(const struct table *t, size_t i, size_t *run, size_t elem_size, unsigned base_shift)
 {
-    size_t q = (i >> t->base_shift) + 1;
+    size_t q = (i >> base_shift) + 1;
     unsigned k = 63u - (unsigned)__builtin_clzll((unsigned long long)q);
     if (k >= TABLE_SLABS)
         return NULL;
     char *slab = __atomic_load_n(&t->slab[k], __ATOMIC_ACQUIRE);
     if (slab == NULL)
         return NULL;
-    size_t first = (((size_t)1 << k) - 1) << t->base_shift;
+    size_t first = (((size_t)1 << k) - 1) << base_shift;
     if (run != NULL)
-        *run = first + ((size_t)1 << (k + t->base_shift)) - i;
-    return slab + (i - first) * t->elem_size;
+        *run = first + ((size_t)1 << (k + base_shift)) - i;
+    return slab + (i - first) * elem_size;
+}
+
+static inline void *table_run(const struct table *t, size_t i, size_t *run)
+{
+    return table_run_as(t, i, run, t->elem_size, t->base_shift);
 }
 
 static inline void *table_at(const struct table *t, size_t i)
