@@ -203,19 +203,6 @@ static void *lifecycle(void *arg)
     return NULL;
 }
 
-static int (*far_function(void))(int)
-{
-    static const unsigned char code[] = {0x8d, 0x44, 0x3f, 0x05, 0xc3}; /* lea eax,[rdi+rdi+5] */
-    void *p = mmap((void *)((uintptr_t)1 << 45), 4096, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        fail("mmap: %s", strerror(errno));
-    memcpy(p, code, sizeof code);
-    if (mprotect(p, 4096, PROT_READ | PROT_EXEC) != 0)
-        fail("mprotect: %s", strerror(errno));
-    return (int (*)(int))p;
-}
-
 struct sample {
     double t;
     size_t rss_kib, committed, ready, mappings, fds;
@@ -262,7 +249,9 @@ int main(int argc, char **argv)
 {
     const double seconds = argc > 1 ? atof(argv[1]) : 600;
     const size_t fds0 = proc_open_fds(), jemalloc0 = proc_jemalloc_allocated();
-    far = far_function();
+    far = jit_far_function();
+    if (far == NULL)
+        fail("the far function: %s", strerror(errno));
     for (int k = 0; k < 2; k++) {
         struct code_cache_options o = {
             .size = 16 << 20, .near = (const void *)helper, .flags = k ? CODE_CACHE_DUAL_MAP : 0};

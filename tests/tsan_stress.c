@@ -73,20 +73,6 @@ static uint64_t next_random(uint64_t *state)
     return z ^ (z >> 31);
 }
 
-/* A page of our own far from everything: lea eax, [rdi + rdi + 5]; ret. */
-static int (*far_function(void))(int)
-{
-    static const unsigned char code[] = {0x8d, 0x44, 0x3f, 0x05, 0xc3};
-    void *p = mmap((void *)((uintptr_t)1 << 45), 4096, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        fail("mmap: %s", strerror(errno));
-    memcpy(p, code, sizeof code);
-    if (mprotect(p, 4096, PROT_READ | PROT_EXEC) != 0)
-        fail("mprotect: %s", strerror(errno));
-    return (int (*)(int))p;
-}
-
 /* A sealed chunk with its two functions: one returns value, one calls a helper. */
 struct job {
     struct code_chunk *chunk;
@@ -353,7 +339,9 @@ int main(int argc, char **argv)
 {
     double seconds = argc > 1 ? atof(argv[1]) : 20;
     size_t fds = proc_file_fds();
-    far = far_function();
+    far = jit_far_function();
+    if (far == NULL)
+        fail("the far function: %s", strerror(errno));
     /* The GDB JIT interface registers each sealed chunk's names: one more thing shared. */
     struct code_cache_options o = {
         .size = 16 << 20, .near = (const void *)helper, .flags = CODE_CACHE_GDB_JIT};

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* mov eax, imm32; ret */
 #define JIT_RETURN_SIZE 6
@@ -47,6 +48,23 @@ static inline bool jit_call(unsigned char *rw, uintptr_t rx, const void *target,
     memcpy(rw + JIT_CALL_ARG_AT, &arg, 4);
     memcpy(rw + 10, &d, 4);
     return true;
+}
+
+/* A page of its own far from everything (asked at 1 << 45): lea eax, [rdi + rdi + 5]; ret. For
+ * calls that need a veneer. NULL + errno when it cannot be mapped. */
+static inline int (*jit_far_function(void))(int)
+{
+    static const unsigned char code[] = {0x8d, 0x44, 0x3f, 0x05, 0xc3};
+    void *p = mmap((void *)((uintptr_t)1 << 45), 4096, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    memcpy(p, code, sizeof code);
+    if (mprotect(p, 4096, PROT_READ | PROT_EXEC) != 0) {
+        munmap(p, 4096);
+        return NULL;
+    }
+    return (int (*)(int))p;
 }
 
 #endif
