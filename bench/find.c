@@ -185,20 +185,6 @@ static void floor_build(struct floor *f, const struct code_cache_stats *st, cons
     }
 }
 
-static inline const void *floor_find(const struct floor *f, uintptr_t a)
-{
-    size_t g = (a - f->base) >> f->shift;
-    if (g >= f->ngranules)
-        return NULL;
-    uint32_t id = f->words[g];
-    if (id == 0)
-        return NULL;
-    const struct floor_record *r = &f->records[id - 1];
-    if (r->state != 3 || g - (r->extent >> 32) >= (uint32_t)r->extent)
-        return NULL;
-    return r;
-}
-
 /* The floor of the index as the library reads it now (lib/find.c since 2026-12-02): the word
  * alone; the record's address is computed from it, the record is not read. One load. */
 static inline const void *floor_find_word(const struct floor *f, uintptr_t a)
@@ -210,6 +196,17 @@ static inline const void *floor_find_word(const struct floor *f, uintptr_t a)
     if (id == 0)
         return NULL;
     return &f->records[id - 1];
+}
+
+/* The old floor: the word, then the record read to check that it is live and covers the granule.
+ * Two dependent loads. */
+static inline const void *floor_find(const struct floor *f, uintptr_t a)
+{
+    const struct floor_record *r = floor_find_word(f, a);
+    size_t g = (a - f->base) >> f->shift;
+    if (r == NULL || r->state != 3 || g - (r->extent >> 32) >= (uint32_t)r->extent)
+        return NULL;
+    return r;
 }
 
 static double time_find_chained(const struct code_cache *cache, const uintptr_t *addr, size_t n)
