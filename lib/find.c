@@ -29,13 +29,14 @@ int find_grow(struct code_cache *cache, size_t granules)
     return table_grow(&cache->find, &cache->meta, granules);
 }
 
-/* Words of one slab are contiguous: fill them slab by slab. */
+/* Words of one slab are contiguous: fill them slab by slab. The table's geometry is passed as
+ * constants (table_run_as): this runs twice per chunk, at its alloc and at its free. */
 static inline __attribute__((always_inline)) void find_fill(struct code_cache *cache, size_t first,
                                                             size_t n, uint32_t value)
 {
     while (n > 0) {
         size_t run = 0;
-        uint32_t *word = table_run(&cache->find, first, &run);
+        uint32_t *word = table_run_as(&cache->find, first, &run, sizeof *word, FIND_BASE_SHIFT);
         if (word == NULL)
             return; /* granules never used have no words, and need none */
         if (run > n)

@@ -9,11 +9,13 @@
  *   1. The window: the addresses a region may cover and still reach every target, clipped to
  *      [vm.mmap_min_addr, arch_user_top). Computed without any wrap-around.
  *   2. Fast path: a few MAP_FIXED_NOREPLACE probes at random bases in the window. Most processes
- *      are sparse, so a random spot is usually free and nothing needs to be parsed.
+ *      are sparse, so a random spot is usually free and nothing needs to be parsed. In a window
+ *      narrower than 1 GiB (PLACE_NARROW_WINDOW), a random spot near one of its ends.
  *   3. Slow path: read /proc/self/maps once, walk its gaps once (below and above the targets),
  *      and pick a random fitting base, each base equally likely, so a gap is chosen in proportion
- *      to the room it offers. With CODE_CACHE_NO_RANDOM=1 the fitting base nearest to the
- *      targets is taken instead, and the probes are skipped: the layout is then reproducible.
+ *      to the room it offers; in a narrow window, a random base near one end of that gap. With
+ *      CODE_CACHE_NO_RANDOM=1 the fitting base nearest to the targets is taken instead, and the
+ *      probes are skipped: the layout is then reproducible.
  *   4. Claim with MAP_FIXED_NOREPLACE and check what the kernel gave back before trusting it.
  *
  * Why MAP_FIXED_NOREPLACE: a plain hint is silently moved elsewhere when anything is in the way,
@@ -43,6 +45,19 @@
  * refuses everything, from spinning forever: it ends in ENOMEM instead. */
 #define PLACE_ROUNDS 8
 
+/*
+ * A narrow window (aarch64's +-128 MiB of bl, a small reach asked for) holds few caches, and a
+ * small one claimed at a uniformly random base splits the gap it lands in: a larger cache created
+ * next may then find no gap long enough although the window has room for both (tests/jsonjit
+ * under qemu-aarch64 failed 3 times in 80 that way: a 4 MiB cache, then a 64 MiB one). In such a
+ * window a base is taken within 1/PLACE_NARROW_SLACK of the window's length from one end, chosen
+ * at random: of the window, for the probes; of the gap picked in proportion to its room, for the
+ * scan. A cache then leaves the rest of its gap in one piece. Wider windows (x86-64's 4 GiB) keep
+ * every fitting base equally likely, the most entropy there is.
+ */
+#define PLACE_NARROW_WINDOW ((uintptr_t)1 << 30)
+#define PLACE_NARROW_SLACK  16 /* the slack at a gap's end is 1/16 of the window */
+
 /* Without a readable /proc (some chroots and containers) the probes are all we have. */
 #define PLACE_BLIND_ROUNDS 64
 
@@ -71,6 +86,7 @@ struct place {
     uintptr_t last;    /* highest base: hi - size */
     uint64_t rng;      /* splitmix64 state */
     bool nearest;      /* CODE_CACHE_NO_RANDOM */
+    bool narrow;       /* the window is narrower than PLACE_NARROW_WINDOW */
     unsigned attempts; /* mmap calls made */
     unsigned refused;  /* of them, refused with ENOMEM on a spot the map showed free */
     const char *how;   /* the phase that is running, for CODE_CACHE_DEBUG */
@@ -113,6 +129,20 @@ static uintptr_t place_random_base(struct place *pl, uintptr_t lo, uintptr_t las
 {
     uint64_t bases = (last - lo) / os_page_size + 1;
     return lo + (uintptr_t)(place_next(pl) % bases) * os_page_size;
+}
+
+/* In a narrow window: a base in [lo, last] at most the slack away from lo or from last, either
+ * end equally likely, every such base of that end equally likely. */
+static uintptr_t place_base_near_an_end(struct place *pl, uintptr_t lo, uintptr_t last)
+{
+    uintptr_t slack = align_down((pl->hi - pl->lo) / PLACE_NARROW_SLACK, os_page_size);
+    if (last - lo > slack) {
+        if (place_next(pl) & 1)
+            lo = last - slack;
+        else
+            last = lo + slack;
+    }
+    return place_random_base(pl, lo, last);
 }
 
 /*
@@ -269,7 +299,8 @@ static void place_consider(struct place *pl, uintptr_t lo, uintptr_t hi)
     uint64_t bases = (last - lo) / os_page_size + 1;
     pl->choices += bases;
     if (place_next(pl) % pl->choices < bases) {
-        pl->pick = place_random_base(pl, lo, last);
+        pl->pick = pl->narrow ? place_base_near_an_end(pl, lo, last)
+                              : place_random_base(pl, lo, last);
         pl->found = true;
     }
 }
@@ -352,6 +383,13 @@ static void *place_anywhere(const struct place_request *req)
     return p;
 }
 
+/* A random base of the whole window, for a probe: near one of its ends when it is narrow. */
+static uintptr_t place_probe_base(struct place *pl)
+{
+    return pl->narrow ? place_base_near_an_end(pl, pl->lo, pl->last)
+                      : place_random_base(pl, pl->lo, pl->last);
+}
+
 /* The fast path. A refused probe is not remembered: the map was not read, so the obstacle may
  * well be a mapping the scan will see anyway, and the probe's spot may overlap a free gap that
  * must stay eligible. Nearest mode skips the probes: they would make the layout depend on luck. */
@@ -359,7 +397,7 @@ static enum place_outcome place_probe(struct place *pl, void **region)
 {
     pl->how = "probe";
     for (unsigned i = 0; i < PLACE_PROBES && !pl->nearest; i++) {
-        uintptr_t base = place_random_base(pl, pl->lo, pl->last);
+        uintptr_t base = place_probe_base(pl);
         if (place_is_excluded(pl, base))
             continue;
         enum place_outcome outcome = place_claim(pl, base, region);
@@ -393,7 +431,7 @@ static enum place_outcome place_search(struct place *pl, struct meta *meta, void
             blind = true;
             pl->how = "blind probe";
             rounds = PLACE_BLIND_ROUNDS;
-            base = place_random_base(pl, pl->lo, pl->last);
+            base = place_probe_base(pl);
             if (place_is_excluded(pl, base))
                 continue;
         }
@@ -429,10 +467,13 @@ void *place_reserve(const struct place_request *req, struct meta *meta)
                                   : "the window clipped to user space is too small (ERANGE)");
         return NULL;
     }
+    pl.narrow = pl.hi - pl.lo < PLACE_NARROW_WINDOW;
     debug_log("place: %zu bytes near [%#lx, %#lx), reach %#zx: window [%#lx, %#lx)%s", req->size,
               (unsigned long)req->target_lo, (unsigned long)req->target_hi, req->reach,
               (unsigned long)pl.lo, (unsigned long)pl.hi,
-              pl.nearest ? ", nearest base (CODE_CACHE_NO_RANDOM)" : "");
+              pl.nearest  ? ", nearest base (CODE_CACHE_NO_RANDOM)"
+              : pl.narrow ? ", narrow: a random base near an end"
+                          : "");
     place_seed(&pl);
     place_exclude(&pl, limits->stack_lo, limits->stack_hi);
 

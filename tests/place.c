@@ -133,6 +133,41 @@ Test(place, lands_on_both_sides_of_the_target_at_random)
     cr_assert(moved, "every placement chose %#lx", (unsigned long)first);
 }
 
+Test(place, a_narrow_window_keeps_room_for_a_larger_cache)
+{
+    /* A 128 MiB window, empty: a 4 MiB cache, then a 100 MiB one. At a uniformly random base,
+     * the small one would leave less than 100 MiB on both sides of itself whenever it landed
+     * between 24 and 100 MiB from the window's bottom, 61% of the time, so the large one would
+     * fail in nearly every run of 8. Near an end of its gap (within 1/16 of the window), it
+     * never does. */
+    const size_t reach = 64 * MiB;
+    uintptr_t area = test_free_area(4 * reach);
+    const void *target = (const void *)(area + 2 * reach);
+    unsigned low_end = 0, high_end = 0;
+    for (int i = 0; i < 8; i++) {
+        struct code_cache *small = create_near(target, 4 * MiB, reach);
+        struct code_cache *large = create_near(target, 100 * MiB, reach);
+        struct test_region r = test_cache_region(small);
+        if (r.lo < area + 2 * reach)
+            low_end++;
+        else
+            high_end++;
+        code_cache_destroy(large);
+        code_cache_destroy(small);
+    }
+    /* Still random: both ends are taken (all 8 at one end: once in 128 runs, so the test asks
+     * for both only over the 8 runs and a second round when it misses). */
+    for (int i = 0; i < 8 && (low_end == 0 || high_end == 0); i++) {
+        struct code_cache *small = create_near(target, 4 * MiB, reach);
+        if (test_cache_region(small).lo < area + 2 * reach)
+            low_end++;
+        else
+            high_end++;
+        code_cache_destroy(small);
+    }
+    cr_assert(low_end > 0 && high_end > 0, "low end %u, high end %u", low_end, high_end);
+}
+
 Test(place, fills_an_exact_window_to_the_byte)
 {
     /* A target t is reached from every branch of the reservation [lo, hi) when the first branch
