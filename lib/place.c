@@ -299,8 +299,8 @@ static void place_consider(struct place *pl, uintptr_t lo, uintptr_t hi)
     uint64_t bases = (last - lo) / os_page_size + 1;
     pl->choices += bases;
     if (place_next(pl) % pl->choices < bases) {
-        pl->pick = pl->narrow ? place_base_near_an_end(pl, lo, last)
-                              : place_random_base(pl, lo, last);
+        pl->pick =
+            pl->narrow ? place_base_near_an_end(pl, lo, last) : place_random_base(pl, lo, last);
         pl->found = true;
     }
 }
