@@ -106,6 +106,8 @@ struct code_cache {
     /* The dual-mapped backend's file and RW view (with its own guard pages). */
     int fd;
     const char *dual_file;
+    /* The file refused fallocate once (EOPNOTSUPP, seccomp): commits do not ask again. */
+    bool no_fallocate;
     uintptr_t rw_map_base;
     size_t rw_map_size;
     unsigned fork_generation;

@@ -303,17 +303,25 @@ static int dual_commit(struct code_cache *cache, size_t off, size_t len, bool di
      * allocated apart from the page tables: tmpfs fills its page cache in one pass faster than
      * it takes first-write faults one page at a time (bench/alloc's batch: a tenth less time).
      * Any other refusal (a file system without fallocate, a seccomp filter) leaves it to the
-     * faults. Kernels before 6.9 stop a tmpfs fallocate at any signal (EINTR): it is retried. */
-    int rc;
-    do {
+     * faults, and is remembered: neither changes, and each commit would pay the call again.
+     * Kernels before 6.9 stop a tmpfs fallocate at any signal (EINTR): it is retried. */
+    int rc = 0;
+    while (!__atomic_load_n(&cache->no_fallocate, __ATOMIC_RELAXED)) {
         wx_count_syscall(cache);
         rc = os_allocate(cache->fd, off, len);
-    } while (rc != 0 && errno == EINTR);
+        if (rc == 0 || errno != EINTR)
+            break;
+    }
     if (rc != 0 && (errno == ENOSPC || errno == ENOMEM)) {
         wx_count_syscall(cache);
         os_punch(cache->fd, off, len); /* what it allocated before it failed */
         errno = ENOMEM;
         return -1;
+    }
+    if (rc != 0) {
+        debug_log("dual: fallocate refused (errno %d): the file's pages come from the faults",
+                  errno);
+        __atomic_store_n(&cache->no_fallocate, true, __ATOMIC_RELAXED);
     }
     wx_count_syscall(cache);
     if (os_populate(rw, len) != 0 && errno != EINVAL) {

@@ -219,6 +219,28 @@ Test(syscall_failures, alloc_fails_with_ENOMEM_when_the_file_cannot_grow)
     code_cache_destroy(cache);
 }
 
+/* A file system without fallocate (EOPNOTSUPP) says so once: later commits do not ask again. */
+Test(syscall_failures, a_file_without_fallocate_is_asked_once)
+{
+    dual_backend_only("the mprotect backend has no file");
+    struct code_cache *cache = test_cache_near_helper(16 * ((size_t)1 << 20));
+    fault_inject(FAULT_FALLOCATE, 0, 0, EOPNOTSUPP);
+    struct code_chunk *chunks[4];
+    /* Each one beyond the step committed ahead (1 MiB at most): four commits. */
+    for (int i = 0; i < 4; i++) {
+        chunks[i] = code_cache_alloc(cache, 2 * ((size_t)1 << 20));
+        cr_assert_not_null(chunks[i], "alloc %d without fallocate: %s", i, strerror(errno));
+        expect_fresh_chunk(chunks[i]);
+    }
+    cr_assert_eq(fault_calls_with(FAULT_FALLOCATE, 0), 1, "fallocate asked %u times",
+                 fault_calls_with(FAULT_FALLOCATE, 0));
+    for (int i = 0; i < 4; i++)
+        code_chunk_free(chunks[i]);
+    fault_clear();
+    check_maps(cache);
+    code_cache_destroy(cache);
+}
+
 Test(syscall_failures, refused_exec_permission_keeps_the_chunk_open_and_usable)
 {
     mprotect_backend_only("a dual seal asks for nothing; its exec permission is asked at create "
