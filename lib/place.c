@@ -46,14 +46,18 @@
 #define PLACE_ROUNDS 8
 
 /*
- * A narrow window (aarch64's +-128 MiB of bl, a small reach asked for) holds few caches, and a
- * small one claimed at a uniformly random base splits the gap it lands in: a larger cache created
- * next may then find no gap long enough although the window has room for both (tests/jsonjit
- * under qemu-aarch64 failed 3 times in 80 that way: a 4 MiB cache, then a 64 MiB one). In such a
- * window a base is taken within 1/PLACE_NARROW_SLACK of the window's length from one end, chosen
- * at random: of the window, for the probes; of the gap picked in proportion to its room, for the
- * scan. A cache then leaves the rest of its gap in one piece. Wider windows (x86-64's 4 GiB) keep
- * every fitting base equally likely, the most entropy there is.
+ * A narrow window (aarch64's +-128 MiB of bl, a small reach asked for, a wide NEAR_OBJECT span)
+ * holds few caches, and a small one claimed at a uniformly random base splits the gap it lands
+ * in: a larger cache created next may then find no gap long enough although the window has room
+ * for both (tests/jsonjit under qemu-aarch64 failed 3 times in 80 that way: a 4 MiB cache, then a
+ * 64 MiB one). In such a window a region is placed at most 1/PLACE_NARROW_SLACK of the window's
+ * length from one end, chosen at random: of the window, for the probes; of the gap picked in
+ * proportion to its room, for the scan. A cache then leaves the rest of its gap in one piece,
+ * but for that sliver. The price is entropy: in an empty window, 2/16 of the bases instead of
+ * all of them (3 bits fewer: 2^13 bases of 4 KiB in aarch64's 256 MiB window), and the region
+ * lies within the slack of a neighbouring mapping or of the window's edge. Wider windows
+ * (x86-64's 4 GiB) keep every fitting base equally likely, as do blind probes (no /proc) and a
+ * search that met a refusal the map did not explain.
  */
 #define PLACE_NARROW_WINDOW ((uintptr_t)1 << 30)
 #define PLACE_NARROW_SLACK  16 /* the slack at a gap's end is 1/16 of the window */
@@ -425,13 +429,14 @@ static enum place_outcome place_search(struct place *pl, struct meta *meta, void
             return PLACE_FAILED;
         } else {
             /* No readable /proc/self/maps (a chroot, a container without /proc): random probes
-             * are all that is left, so more of them. */
+             * are all that is left, so more of them, anywhere in the window: the first ones found
+             * its ends taken, and there are no gaps to keep whole that we could know of. */
             if (!blind)
                 debug_log("place: cannot read /proc/self/maps (errno %d): probing blind", errno);
             blind = true;
             pl->how = "blind probe";
             rounds = PLACE_BLIND_ROUNDS;
-            base = place_probe_base(pl);
+            base = place_random_base(pl, pl->lo, pl->last);
             if (place_is_excluded(pl, base))
                 continue;
         }
@@ -439,9 +444,13 @@ static enum place_outcome place_search(struct place *pl, struct meta *meta, void
         if (outcome == PLACE_CLAIMED || outcome == PLACE_FAILED)
             return outcome;
         /* The map showed this spot free and it was refused anyway: the next scan would pick it
-         * again (always, in nearest mode), so it is cut out of the gaps from now on. */
-        if (outcome == PLACE_REFUSED && scanned)
+         * again (always, in nearest mode), so it is cut out of the gaps from now on. What refused
+         * it may be larger than the map shows (valgrind's own reservations): a base near the end
+         * of a gap would now be next to it, so the rest of the search takes any fitting base. */
+        if (outcome == PLACE_REFUSED && scanned) {
             place_exclude(pl, base, base + pl->req->size);
+            pl->narrow = false;
+        }
     }
     errno = ENOMEM;
     return PLACE_FAILED;

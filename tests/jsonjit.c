@@ -367,10 +367,12 @@ Test(jsonjit, doubles_round_trip_and_non_finite_ones_are_null)
 
 Test(jsonjit, generated_structs_match_the_interpreter_byte_for_byte)
 {
-    /* One cache for all the JITs of this test, which free their chunks as they go. 16 MiB: on
-     * aarch64 the window of a cache that must reach the whole test program is the +-128 MiB of bl
-     * around it, where 64 MiB found no gap once another cache (the example's, 4 MiB) had been put
-     * at a random spot in the same window (3 runs in 80 under qemu-aarch64). */
+    /* One cache for all the JITs of this test, which free their chunks as they go. 16 MiB, which
+     * is plenty: on aarch64 the window of a cache that must reach the whole test program is the
+     * +-128 MiB of bl around it, and another cache (the example's, 4 MiB) is already there. With
+     * 64 MiB, that one at a uniformly random spot left no gap 3 runs in 80 under qemu-aarch64;
+     * a narrow window now places caches near the ends of gaps (tests/place.c,
+     * a_narrow_window_keeps_room_for_a_larger_cache). */
     struct code_cache_options opts = {
         .size = 16 << 20, .near = FN(json_put_i32), .flags = CODE_CACHE_NEAR_OBJECT};
     struct code_cache *cache = code_cache_create(&opts);

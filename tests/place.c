@@ -108,8 +108,8 @@ Test(place, with_a_small_reach)
 
 Test(place, lands_on_both_sides_of_the_target_at_random)
 {
-    /* In an empty area every fitting base is equally likely, so 16 placements that all land on
-     * the same side would happen once in 32768 runs. */
+    /* In an empty area either end of the window (narrow: 128 MiB) is equally likely, so 16
+     * placements that all land on the same side would happen once in 32768 runs. */
     const size_t reach = 64 * MiB;
     uintptr_t area = test_free_area(4 * reach);
     uintptr_t target = area + 2 * reach + 0x123;

@@ -75,6 +75,26 @@ Test(place_no_proc, a_half_full_window_is_placed_by_blind_probes)
     cr_assert(proc_opens_refused >= 1, "the library opened no /proc file");
 }
 
+Test(place_no_proc, blind_probes_reach_the_middle_of_a_narrow_window)
+{
+    /* Both ends of the window taken, well past 1/16 of it, the middle free: in a narrow window
+     * the first probes go near its ends (lib/place.c), and if the blind ones did too, nothing
+     * would ever be found. */
+    const uintptr_t page_mask = ~(uintptr_t)(test_page_size() - 1);
+    const uintptr_t lo = target + 1 - REACH, hi = target + 1 + REACH;
+    test_crowd_fill(&crowd, area + REACH / 2, (lo + 2 * REACH / 16 + 2 * CACHE_SIZE) & page_mask);
+    test_crowd_fill(&crowd, (hi - 2 * REACH / 16 - 3 * CACHE_SIZE) & page_mask,
+                    area + 4 * REACH - REACH / 2);
+    for (int i = 0; i < 4; i++) {
+        struct code_cache *cache = scene_create();
+        cr_assert_not_null(cache, "errno %d (%s)", errno, strerror(errno));
+        struct test_region r = test_cache_region(cache);
+        cr_assert(test_reaches(r.lo, r.hi, target, REACH));
+        code_cache_destroy(cache);
+    }
+    cr_assert(proc_opens_refused >= 1, "the library opened no /proc file");
+}
+
 Test(place_no_proc, a_full_window_fails_with_enomem_and_leaves_nothing)
 {
     code_cache_destroy(scene_create()); /* the metadata arena exists before counting */
