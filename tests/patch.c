@@ -151,15 +151,26 @@ struct runner {
     uint64_t torn_value;
 };
 
+/* The runner is the only writer of its counts; the patching thread reads them as it goes. */
+static void count_one(long *count)
+{
+    __atomic_store_n(count, __atomic_load_n(count, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+}
+
+static long count_read(const long *count)
+{
+    return __atomic_load_n(count, __ATOMIC_RELAXED);
+}
+
 static void *run_loop(void *arg)
 {
     struct runner *r = arg;
     while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
         uint64_t v = r->fn();
         if (v == r->a) {
-            r->seen_a++;
+            count_one(&r->seen_a);
         } else if (v == r->b) {
-            r->seen_b++;
+            count_one(&r->seen_b);
         } else {
             r->torn++;
             r->torn_value = v;
@@ -184,10 +195,16 @@ Test(patch, an_aligned_8_byte_patch_is_atomic_while_another_thread_runs_the_code
 
     pthread_t tid;
     cr_assert_eq(pthread_create(&tid, NULL, run_loop, &r), 0);
+    /* The runner runs the code once before any patch: under valgrind, where threads take turns,
+     * it could otherwise get no turn before the patches are over. */
+    while (count_read(&r.seen_a) == 0)
+        sched_yield();
     /* Fewer under valgrind, and in an emulator, where each patch maps the page again (helpers.h:
-     * test_dual_fetch_is_stale). */
+     * test_dual_fetch_is_stale). And more, within a bound, until the runner has run the patched
+     * value too: under valgrind it runs only when valgrind gives it a turn. */
     const int patches = test_under_valgrind() ? 2000 : test_under_emulator() ? 20000 : 200000;
-    for (int i = 0; i < patches; i++) {
+    for (int i = 0; i < patches || (dual && count_read(&r.seen_b) == 0); i++) {
+        cr_assert(i < 50 * patches, "the runner never ran the patched code in %d patches", i);
         uint64_t next = i % 2 ? r.a : r.b;
         int rc = code_chunk_patch(chunk, imm, &next, sizeof next);
         if (!dual) {
@@ -196,8 +213,10 @@ Test(patch, an_aligned_8_byte_patch_is_atomic_while_another_thread_runs_the_code
         }
         cr_assert_eq(rc, 0, "patch %d: %s", i, strerror(errno));
         cr_assert_eq(r.fn(), next, "patch %d is not seen by the thread that made it", i);
-        /* Let the runner in between (under valgrind threads take turns at system calls). */
-        if (i % 16 == 0)
+        /* Let the runner in between (under valgrind threads take turns at system calls). Every
+         * 17th patch, an odd period, so that the runner finds the original value at one turn
+         * and the patched one at the next: every 16th always left it the patched one. */
+        if (i % 17 == 0)
             sched_yield();
     }
     __atomic_store_n(&r.stop, 1, __ATOMIC_RELEASE);
