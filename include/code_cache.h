@@ -101,6 +101,19 @@ struct code_span {
  * code region or in the chunk records, and it is not derived from the code's address. */
 #define CODE_CACHE_DUAL_HARDEN 0x4u
 
+/* No thread caches. By default a dual-mapped cache (not with CODE_CACHE_DUAL_HARDEN) lets each
+ * thread keep the chunks of up to 1 KiB it frees, trapped, and hand them out again to its own
+ * allocations of the same size once a megabyte of them waits (the quarantine), without the
+ * cache's lock: one function allocated, sealed and freed then costs about as much as with
+ * asmjit's JitAllocator, which keeps no W^X at all (bench/README.md). A thread keeps at most
+ * 2 MiB per cache; the rest, what it keeps when it exits, and everything when an allocation
+ * would fail with ENOSPC or the cache is reset, goes back to the cache. Meanwhile stats count
+ * those chunks as free and ready, not as free spans, and their records are reused only by their
+ * thread. With this flag every free goes back to the cache at once: the placement, record and
+ * quarantine rules of code_cache_alloc and code_chunk_free hold exactly, for every thread. The
+ * mprotect backend has no thread caches (its free is a system call anyway). */
+#define CODE_CACHE_NO_THREAD_CACHE 0x100u
+
 /* aarch64 with Branch Target Identification (Armv8.5 BTI): the code pages are guarded
  * (PROT_BTI), as a BTI-enabled program's own text is. An indirect branch into the cache must then
  * land on a landing pad: "bti c" (or paciasp/pacibsp) at every entry called through a pointer
@@ -163,7 +176,8 @@ struct code_cache_stats {
     size_t retired;            /* bytes of freed chunks that could not be released (a system call
                                   failed): not reused until the next reset */
     size_t free_spans;         /* freed spans waiting to be reused: maximal runs of free granules
-                                  below the bump pointer */
+                                  below the bump pointer (chunks kept by thread caches count in
+                                  free_ready and free, not here) */
     size_t open_chunks;        /* chunks in state OPEN */
     size_t sealed_chunks;      /* chunks in state SEALED */
     size_t chunks_allocated;   /* total code_cache_alloc successes since creation */
@@ -288,7 +302,9 @@ CODE_CACHE_API int code_chunk_patch(struct code_chunk *chunk, void *rx, const vo
  * aborts the process with a message on standard error. This is detected as long as the chunk's
  * record has not been reused for a new chunk: records of freed chunks are reused oldest first,
  * and only once more than 64 are waiting. The records of a cache (56 bytes each) are kept for
- * reuse until it is destroyed: their memory is that of the most chunks alive at once, plus 64. */
+ * reuse until it is destroyed: their memory is that of the most chunks alive at once, plus 64.
+ * Dual backend: a chunk of up to 1 KiB with no veneers and no names is kept, trapped and with its
+ * record, by the freeing thread, for its own allocations (CODE_CACHE_NO_THREAD_CACHE). */
 CODE_CACHE_API void code_chunk_free(struct code_chunk *chunk);
 
 /* Where code in this chunk should branch to reach target: target itself when a direct branch

@@ -20,9 +20,11 @@
 #include "debuginfo.h"
 #include "internal.h"
 #include "place.h"
+#include "tcache.h"
 
 static const unsigned known_flags = CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP |
-                                    CODE_CACHE_DUAL_HARDEN | CODE_CACHE_BTI | DEBUGINFO_TOOLS;
+                                    CODE_CACHE_DUAL_HARDEN | CODE_CACHE_BTI |
+                                    CODE_CACHE_NO_THREAD_CACHE | DEBUGINFO_TOOLS;
 
 struct object_extent {
     uintptr_t addr;   /* in */
@@ -188,6 +190,7 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
         goto fail_map;
     if (cache->wx == &wx_mprotect && cache_probe_exec(cache) != 0)
         goto fail_open;
+    tcache_init(cache);
     pthread_mutex_init(&cache->lock, NULL);
     pthread_cond_init(&cache->idle, NULL);
     debuginfo_create(cache);
@@ -249,6 +252,8 @@ void code_cache_destroy(struct code_cache *cache)
 {
     if (cache == NULL)
         return;
+    /* Threads that exit from now on leave the cache alone. */
+    tcache_forget(cache);
     /* A free still finishing in another thread touches the cache once more, and a seal in
      * progress its chunk: let them. */
     pthread_mutex_lock(&cache->lock);
@@ -339,6 +344,8 @@ int code_cache_reset(struct code_cache *cache)
     }
     cache->resetting = true;
     cache_wait_idle(cache);
+    /* The chunks threads keep hold spans this releases: back to the index first. */
+    tcache_drain_all(cache);
     cache_freeze_chunks(cache);
 
     int rc = 0;
@@ -359,6 +366,7 @@ int code_cache_reset(struct code_cache *cache)
         __atomic_store_n(&cache->sealed_chunks, 0, __ATOMIC_RELAXED);
     }
     cache->resetting = false;
+    tcache_resume(cache);
     pthread_cond_broadcast(&cache->idle);
     pthread_mutex_unlock(&cache->lock);
     return rc;
@@ -374,25 +382,32 @@ void code_cache_get_stats(const struct code_cache *cache, struct code_cache_stat
     const unsigned shift = c->granule_shift;
     pthread_mutex_lock(&c->lock);
     size_t ahead = c->ahead > c->bump ? c->ahead - c->bump : 0;
-    size_t ready = c->free_granules - c->cold_granules;
+    /* Chunks kept by threads (tcache.c) are live to the index, free and ready to the user. Read
+     * before the sealed count: a free moves a chunk from sealed to kept, and read in the other
+     * order it could be counted twice. */
+    struct tcache_totals kept;
+    tcache_totals(c, &kept);
+    size_t ready = c->free_granules - c->cold_granules + kept.granules;
+    size_t live = c->live_granules - kept.granules;
     /* Seals add to the sealed count without the lock, while their chunk is SEALING: a live chunk
      * that a free or a reset waits for. */
     size_t sealed = __atomic_load_n(&c->sealed_chunks, __ATOMIC_RELAXED);
+    size_t live_chunks = c->live_chunks - kept.chunks;
     *out = (struct code_cache_stats){
         .base = c->base,
         .reserved = c->size,
         .granule = cache_granule(c),
-        .committed = (c->live_granules + ahead + ready) << shift,
-        .in_use = c->live_granules << shift,
+        .committed = (live + ahead + ready) << shift,
+        .in_use = live << shift,
         .committed_ahead = ahead << shift,
         .free_ready = ready << shift,
-        .free = (c->ngranules - c->bump + c->free_granules) << shift,
+        .free = (c->ngranules - c->bump + c->free_granules + kept.granules) << shift,
         .never_used = (c->ngranules - c->bump) << shift,
         .retired = c->retired_granules << shift,
         .free_spans = spans_holes(&c->spans),
-        .open_chunks = c->live_chunks - sealed,
+        .open_chunks = live_chunks > sealed ? live_chunks - sealed : 0,
         .sealed_chunks = sealed,
-        .chunks_allocated = c->chunks_allocated,
+        .chunks_allocated = c->chunks_allocated + kept.allocated,
         .protection_changes = __atomic_load_n(&c->protection_changes, __ATOMIC_RELAXED),
         .system_calls = __atomic_load_n(&c->system_calls, __ATOMIC_RELAXED),
         .meta_bytes = __atomic_load_n(&c->meta.bytes, __ATOMIC_RELAXED),

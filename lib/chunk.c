@@ -32,6 +32,7 @@
 
 #include "debuginfo.h"
 #include "internal.h"
+#include "tcache.h"
 
 _Static_assert(sizeof(struct code_chunk) == 56, "a chunk record is 56 bytes (documented)");
 
@@ -54,15 +55,6 @@ static size_t veneers_bytes(size_t cap)
 }
 
 /* ---- Records (the caller holds the cache's lock) ---- */
-
-/* A record that exists: every id below records_used, every link in the FIFO. */
-struct code_chunk *chunks_at(const struct code_cache *cache, size_t id)
-{
-    struct code_chunk *chunk = table_at(&cache->records, id);
-    if (chunk == NULL)
-        __builtin_unreachable();
-    return chunk;
-}
 
 static struct code_chunk *chunks_by_link(const struct code_cache *cache, uint32_t link)
 {
@@ -375,7 +367,7 @@ int code_chunk_patch(struct code_chunk *chunk, void *rx, const void *bytes, size
 
 void code_chunk_free(struct code_chunk *chunk)
 {
-    if (chunk == NULL)
+    if (chunk == NULL || tcache_free(chunk))
         return;
     struct code_cache *cache = chunk->cache;
     cache_lock(cache);

@@ -140,6 +140,14 @@ struct code_cache {
     size_t live_chunks, sealed_chunks;
     /* Updated atomically, from outside the lock. */
     size_t protection_changes, system_calls;
+
+    /* Thread caches of freed small chunks (tcache.c). */
+    uint64_t serial;                      /* unique in the process, never 0 */
+    bool tcache_on;                       /* the backend's free is stores alone */
+    bool tcache_listed;                   /* in tcache.c's process-wide list (its lock) */
+    struct code_cache *tcache_next_cache; /* that list */
+    unsigned tcache_stopped;              /* atomic: fast paths take the lock instead */
+    struct tcache *tcaches;               /* under the lock */
 };
 
 static inline size_t cache_granule(const struct code_cache *cache)
@@ -190,6 +198,17 @@ static inline bool cache_frozen_by_fork(const struct code_cache *cache)
     return cache->wx->freed_stays_ready && wx_forked(cache);
 }
 
+/* A record that exists: every id below records_used, every link in the FIFO and in the thread
+ * caches. The table's geometry as constants (table_run_as): no load but the slab's. */
+static inline struct code_chunk *chunks_at(const struct code_cache *cache, size_t id)
+{
+    struct code_chunk *chunk =
+        table_run_as(&cache->records, id, NULL, sizeof *chunk, CHUNK_RECORDS_BASE);
+    if (chunk == NULL)
+        __builtin_unreachable();
+    return chunk;
+}
+
 /* chunk.c: chunk records. The caller holds the cache's lock. */
 /* A record for a new chunk: the oldest recycled one once more than CHUNK_QUARANTINE wait, else a
  * new id. NULL + ENOMEM. The record is not live until chunks_open. */
@@ -197,15 +216,8 @@ struct code_chunk *chunks_record(struct code_cache *cache);
 void chunks_unused(struct code_cache *cache, struct code_chunk *chunk); /* undo chunks_record */
 /* Fills a record for [first, first + granules) and makes it OPEN. */
 void chunks_open(struct code_cache *cache, struct code_chunk *chunk, size_t first, size_t granules);
-void chunks_retire(struct code_cache *cache, struct code_chunk *chunk);  /* -> FREED, FIFO */
-struct code_chunk *chunks_at(const struct code_cache *cache, size_t id); /* id < records_used */
+void chunks_retire(struct code_cache *cache, struct code_chunk *chunk); /* -> FREED, FIFO */
 void chunks_release_all(struct code_cache *cache); /* destroy: every record's memory */
-
-/* find.c: granule -> chunk, written under the lock, read lock-free. */
-void find_init(struct code_cache *cache);
-int find_grow(struct code_cache *cache, size_t granules); /* 0, or -1 + ENOMEM */
-void find_set(struct code_cache *cache, size_t first, size_t n, uint32_t id);
-void find_clear(struct code_cache *cache, size_t first, size_t n);
 
 /* cache.c: the lock. */
 /* Takes the lock once no reset is in progress. */
@@ -215,6 +227,11 @@ void cache_unlock(struct code_cache *cache);
 void cache_end_outside(struct code_cache *cache);
 
 /* space.c: the free space, from which code_cache_alloc takes chunks. */
+/* A FREED chunk whose span is scrubbed (kept by a thread cache until now): the span back to the
+ * index as free and ready, the record to the FIFO. No system call: a batch release due is left
+ * to space_release_if_due. Caller holds the lock. */
+void space_put_back(struct code_cache *cache, struct code_chunk *chunk);
+void space_release_if_due(struct code_cache *cache);
 void space_init(struct code_cache *cache);
 /* The second half of code_chunk_free, called with the chunk FREEING and in_flight counted:
  * releases or scrubs its span outside the lock, then gives it back and retires the record.
@@ -229,5 +246,7 @@ size_t space_committed_bytes(const struct code_cache *cache);
 /* After a reset released those bytes: everything is never-used again, or, when the memory could
  * not be discarded, free, cold and dirty. Caller holds the lock. */
 void space_forget_all(struct code_cache *cache, size_t released, bool discarded);
+
+#include "find.h"
 
 #endif /* CODE_CACHE_INTERNAL_H */

@@ -25,6 +25,7 @@
 
 #include "debuginfo.h"
 #include "internal.h"
+#include "tcache.h"
 
 /* Commit-ahead steps: the first, and the largest (FACTS.md). */
 #define CACHE_AHEAD_MIN ((size_t)64 << 10)
@@ -252,6 +253,9 @@ struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
         return NULL;
     }
     const size_t n = align_up(size, cache_granule(cache)) >> cache->granule_shift;
+    struct code_chunk *kept = tcache_alloc(cache, n);
+    if (kept != NULL)
+        return kept;
 
     cache_lock(cache);
     struct code_chunk *chunk = chunks_record(cache);
@@ -296,6 +300,16 @@ struct code_chunk *code_cache_alloc(struct code_cache *cache, size_t size)
                  * free, a release): what they give back may fit. */
                 pthread_cond_wait(&cache->idle, &cache->lock);
                 continue;
+            }
+            if (first == SIZE_MAX) {
+                /* What threads keep of their frees may fit. */
+                const size_t back = tcache_drain_all(cache);
+                tcache_resume(cache);
+                if (back > 0) {
+                    debug_log("alloc: no span of %zu bytes: %zu bytes kept by threads taken back",
+                              n << cache->granule_shift, back << cache->granule_shift);
+                    continue;
+                }
             }
             if (first == SIZE_MAX) {
                 debug_log("alloc: no span of %zu bytes left: %zu never used, %zu free in %zu "
@@ -440,14 +454,31 @@ static void space_reclaimed(struct code_cache *cache, struct code_chunk *chunk, 
     }
     cache->live_granules -= n;
     chunks_retire(cache, chunk);
+    if (!frozen)
+        space_release_if_due(cache);
+}
+
+void space_release_if_due(struct code_cache *cache)
+{
     /* Allocations may have taken ready granules since the last batch: the next one is due that
      * much earlier. */
     const size_t ready = cache->free_granules - cache->cold_granules;
     const size_t due = space_release_due(cache, ready);
     if (cache->release_due > due)
         cache->release_due = due;
-    if (!frozen && ready >= cache->release_due)
+    if (ready >= cache->release_due)
         space_release_ready(cache);
+}
+
+void space_put_back(struct code_cache *cache, struct code_chunk *chunk)
+{
+    const uint64_t extent = chunk_load_extent(chunk);
+    const size_t first = chunk_first(extent), n = chunk_granules(extent);
+    spans_put(&cache->spans, first, n, false, false);
+    cache->free_granules += n;
+    cache->live_granules -= n;
+    cache->live_chunks--;
+    chunks_retire(cache, chunk);
 }
 
 /*

@@ -1,7 +1,8 @@
 /*
  * The records of freed chunks wait in a FIFO and are reused oldest first, only once more than 64
  * wait (code_cache.h, code_chunk_free): until then a freed handle is still recognised (seal gets
- * EPERM, span is empty, a second free aborts). Checked exactly at the bound, on both backends.
+ * EPERM, span is empty, a second free aborts). Checked exactly at the bound, on both backends
+ * (the dual one without thread caches, which keep records longer: tests/tcache.c).
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -50,5 +51,25 @@ Test(record_quarantine, mprotect_records_are_reused_only_past_64)
 
 Test(record_quarantine, dual_records_are_reused_only_past_64)
 {
-    at_the_bound(CODE_CACHE_DUAL_MAP);
+    at_the_bound(CODE_CACHE_DUAL_MAP | CODE_CACHE_NO_THREAD_CACHE);
+}
+
+/* With thread caches, a small chunk's record waits longer still: not reused at 65. */
+Test(record_quarantine, dual_thread_caches_keep_records_longer)
+{
+    struct code_cache_options opts = {.size = 1 << 20, .flags = CODE_CACHE_DUAL_MAP};
+    struct code_cache *cache = code_cache_create(&opts);
+    cr_assert_not_null(cache);
+    struct code_chunk *chunks[QUARANTINE + 1];
+    for (int i = 0; i <= QUARANTINE; i++)
+        chunks[i] = code_cache_alloc(cache, 64);
+    for (int i = 0; i <= QUARANTINE; i++)
+        code_chunk_free(chunks[i]);
+    struct code_chunk *fresh = code_cache_alloc(cache, 64);
+    for (int i = 0; i <= QUARANTINE; i++)
+        cr_assert_neq(fresh, chunks[i], "a kept record was reused after %d frees", QUARANTINE + 1);
+    cr_assert_eq(code_chunk_seal(chunks[0]), -1);
+    cr_assert_eq(errno, EPERM);
+    code_chunk_free(fresh);
+    code_cache_destroy(cache);
 }

@@ -11,6 +11,10 @@
  *   - a finder calls code_cache_find, code_cache_reaches and code_cache_get_stats on the shared
  *     caches all the time (lock-free readers next to the writers);
  *   - a lifecycle thread creates, uses, resets and destroys caches of its own;
+ *   - method JITs: threads that make, run and free small unnamed functions one at a time on a
+ *     shared dual cache of 2 MiB, which their thread caches (lib/tcache.c) fill: each hands kept
+ *     chunks out again to itself, and takes the others' back when the cache is full (ENOSPC),
+ *     while short-lived threads do the same and exit (giving theirs back);
  *   - the misuse the API promises to survive: one thread allocates on a cache R, writes a
  *     function, then asks for a veneer and seals while another thread resets R. The seal returns 0
  *     or EPERM, the veneer a target or EPERM, never anything else, and R is empty and consistent
@@ -45,6 +49,8 @@ static atomic_bool stop;
 static struct code_cache *shared[2]; /* mprotect, dual */
 static int (*far)(int);
 
+static struct code_cache *methods; /* dual, 2 MiB: the thread caches' workload */
+static atomic_ullong n_method, n_method_full, n_method_threads;
 static atomic_ullong n_alloc, n_seal, n_run, n_patch, n_find, n_free, n_handover, n_lifecycle,
     n_race_seal_ok, n_race_seal_eperm, n_race_veneer_eperm, n_resets, n_enospc;
 
@@ -322,6 +328,89 @@ static void *racer_reset(void *arg)
     return NULL;
 }
 
+/* One function at a time, 64 B - 1 KiB, up to `keep` alive (a ring, oldest freed first); when
+ * the cache is full, half of them are freed. Every function returns its own value. */
+static void methods_churn(uint64_t seed, size_t ops, size_t keep)
+{
+    struct code_chunk *ring[512];
+    int values[512];
+    size_t head = 0, count = 0;
+    uint64_t rng = seed;
+    if (keep > 512)
+        keep = 512;
+    for (size_t i = 0; i < ops && !atomic_load(&stop); i++) {
+        if (count == keep || (count > 0 && next_random(&rng) % 4 == 0)) {
+            code_chunk_free(ring[head]);
+            head = (head + 1) % 512;
+            count--;
+        }
+        size_t size = 64 + next_random(&rng) % 961;
+        struct code_chunk *c = code_cache_alloc(methods, size);
+        if (c == NULL) {
+            if (errno != ENOSPC)
+                fail("method alloc: %s", strerror(errno));
+            n_method_full++;
+            for (size_t k = count / 2; k > 0; k--) {
+                code_chunk_free(ring[head]);
+                head = (head + 1) % 512;
+                count--;
+            }
+            continue;
+        }
+        struct code_span s = code_chunk_alloc(c, JIT_RETURN_SIZE, 8);
+        if (s.rw == NULL)
+            fail("method code_chunk_alloc: %s", strerror(errno));
+        int value = (int)(next_random(&rng) % 100000);
+        jit_return(s.rw, JIT_RETURN_SIZE, value);
+        if (code_chunk_seal(c) != 0)
+            fail("method seal: %s", strerror(errno));
+        if (((int (*)(void))s.rx)() != value)
+            fail("a method returned another function's value");
+        size_t at = (head + count) % 512;
+        ring[at] = c;
+        values[at] = value;
+        count++;
+        n_method++;
+        /* The oldest still runs its own code (nobody else's chunk landed on it). */
+        struct code_span old = code_chunk_span(ring[head]);
+        if (((int (*)(void))old.rx)() != values[head])
+            fail("a live method's code changed");
+    }
+    while (count > 0) {
+        code_chunk_free(ring[head]);
+        head = (head + 1) % 512;
+        count--;
+    }
+}
+
+static void *method_jit(void *arg)
+{
+    uint64_t seed = (uintptr_t)arg * 7919;
+    while (!atomic_load(&stop))
+        methods_churn(seed++, 20000, 400);
+    return NULL;
+}
+
+static void *method_short(void *arg)
+{
+    methods_churn((uintptr_t)arg, 3000, 64);
+    return NULL;
+}
+
+/* Short-lived method JITs, one after the other: each exits with chunks kept. */
+static void *method_spawner(void *arg)
+{
+    (void)arg;
+    for (uintptr_t i = 1; !atomic_load(&stop); i++) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, method_short, (void *)(i * 104729)) != 0)
+            fail("pthread_create");
+        pthread_join(t, NULL);
+        n_method_threads++;
+    }
+    return NULL;
+}
+
 /* No mapping of the process is writable and executable at once. */
 static void check_no_wx(void)
 {
@@ -351,10 +440,13 @@ int main(int argc, char **argv)
     o.size = 1 << 20;
     o.flags = 0;
     racing = code_cache_create(&o);
-    if (shared[0] == NULL || shared[1] == NULL || racing == NULL)
+    o.size = 2 << 20;
+    o.flags = CODE_CACHE_DUAL_MAP;
+    methods = code_cache_create(&o);
+    if (shared[0] == NULL || shared[1] == NULL || racing == NULL || methods == NULL)
         fail("code_cache_create: %s", strerror(errno));
 
-    pthread_t threads[WORKERS + 4];
+    pthread_t threads[WORKERS + 7];
     unsigned n = 0;
     for (uintptr_t i = 0; i < WORKERS; i++)
         pthread_create(&threads[n++], NULL, worker, (void *)(i + 1));
@@ -362,6 +454,9 @@ int main(int argc, char **argv)
     pthread_create(&threads[n++], NULL, lifecycle, NULL);
     pthread_create(&threads[n++], NULL, racer_seal, NULL);
     pthread_create(&threads[n++], NULL, racer_reset, NULL);
+    pthread_create(&threads[n++], NULL, method_jit, (void *)1);
+    pthread_create(&threads[n++], NULL, method_jit, (void *)2);
+    pthread_create(&threads[n++], NULL, method_spawner, NULL);
 
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -388,14 +483,20 @@ int main(int argc, char **argv)
         code_cache_destroy(shared[k]);
     }
     code_cache_destroy(racing);
+    struct code_cache_stats ms;
+    code_cache_get_stats(methods, &ms);
+    if (ms.in_use != 0 || ms.open_chunks != 0 || ms.sealed_chunks != 0)
+        fail("methods cache: %zu bytes still in use after every chunk was freed", ms.in_use);
+    code_cache_destroy(methods);
     munmap((void *)far, 4096);
     if (proc_file_fds() != fds)
         fail("%zu memory files open at the end, %zu at the start", proc_file_fds(), fds);
     printf("tsan_stress: %u threads for %.0f s: %llu allocs, %llu seals, %llu runs, %llu patches, "
            "%llu finds, %llu frees, %llu hand-overs, %llu ENOSPC, %llu caches created and "
            "destroyed, %llu resets; seal racing reset: %llu sealed, %llu EPERM; veneer racing "
-           "reset: %llu EPERM\n",
+           "reset: %llu EPERM; methods: %llu made, %llu ENOSPC, %llu short-lived threads\n",
            n, seconds, n_alloc, n_seal, n_run, n_patch, n_find, n_free, n_handover, n_enospc,
-           n_lifecycle, n_resets, n_race_seal_ok, n_race_seal_eperm, n_race_veneer_eperm);
+           n_lifecycle, n_resets, n_race_seal_ok, n_race_seal_eperm, n_race_veneer_eperm, n_method,
+           n_method_full, n_method_threads);
     return 0;
 }

@@ -409,7 +409,9 @@ static void create_cache(struct model *m, unsigned slot, const uint8_t sel[4], b
                    nreach = valid_only ? 1 : 12, nflags = valid_only ? 12 : 18;
     struct code_cache_options o = {0};
     o.reach = reaches[sel[2] % nreach];
-    o.flags = flag_sets[sel[3] % nflags];
+    /* The model predicts where code_cache_alloc places a chunk from the cache's index; chunks
+     * kept by a thread cache would be neither live nor in it (tests/tcache.c covers those). */
+    o.flags = flag_sets[sel[3] % nflags] | CODE_CACHE_NO_THREAD_CACHE;
     const size_t reach = o.reach ? o.reach : X86_REACH;
     unsigned si = sel[0] % nsizes;
     o.size = sizes[si];
@@ -436,7 +438,8 @@ static void create_cache(struct model *m, unsigned slot, const uint8_t sel[4], b
     const size_t size = o.size ? o.size : 64 * MIB;
     /* CODE_CACHE_BTI is EINVAL on x86-64 (no BTI): not among the flags that work. */
     const unsigned known = CODE_CACHE_NEAR_OBJECT | CODE_CACHE_DUAL_MAP | CODE_CACHE_DUAL_HARDEN |
-                           CODE_CACHE_PERF_MAP | CODE_CACHE_PERF_JITDUMP | CODE_CACHE_GDB_JIT;
+                           CODE_CACHE_PERF_MAP | CODE_CACHE_PERF_JITDUMP | CODE_CACHE_GDB_JIT |
+                           CODE_CACHE_NO_THREAD_CACHE;
     uintptr_t tlo = (uintptr_t)o.near, thi = tlo + 1;
     int want = 0;
     bool may_fail = false; /* ENOMEM or ERANGE are possible: the window may be full or clipped */

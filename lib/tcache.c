@@ -1,0 +1,394 @@
+/*
+ * Thread caches: each thread keeps the small chunks it frees, scrubbed (traps) and with their
+ * records, and its next allocations of the same size take them back, without the cache's lock.
+ * A method JIT compiles, runs and drops one function at a time; with the lock, the index of free
+ * spans, the record FIFO and the granule counts, a 64-byte function cost some 1,040 instructions
+ * and two lock round trips (bench/README.md), more than asmjit's JitAllocator with no W^X at all.
+ * A chunk kept here keeps its span, its record and its place in the record table: taking it back
+ * is a pop, its state, and its words of the find index.
+ *
+ * Only where a free is stores alone (wx_ops.scrub_in_lock: the dual backend, not hardened), and
+ * only for chunks of up to TCACHE_CLASSES granules with no veneers and no names, whose free needs
+ * nothing else of the cache.
+ *
+ * Quarantine. A freed chunk is handed out again only once TCACHE_QUARANTINE bytes wait in its
+ * thread's cache, oldest first in its size class, as the cache's own ready spans wait for a
+ * megabyte (space.c): a stale call into the last megabyte a thread freed still traps. Beyond
+ * TCACHE_MAX the oldest half of every class goes back to the cache's index (one lock for
+ * thousands of frees), where space.c gives whole pages back to the system in its batches. A
+ * thread's cache is also given back when the thread exits, and when an allocation would fail
+ * with ENOSPC; a reset takes every thread's chunks first.
+ *
+ * Against other threads. The owner works between tcache_enter and tcache_leave: a flag of its own
+ * (busy), set with a sequentially consistent store, then the cache's tcache_stopped read. A
+ * thread that takes chunks from other threads' caches (reset, ENOSPC: under the cache's lock)
+ * sets tcache_stopped, then waits until every busy flag is down: one of the two always sees the
+ * other (Dekker), so the owner either finishes before the taker looks, or sees the stop and
+ * takes the lock instead (where it waits for the taker). Counts that code_cache_get_stats reads
+ * while owners work are atomic.
+ *
+ * Lifetime. A cache has a serial number, unique in the process; a thread finds its cache for it
+ * by that number in TCACHE_SLOTS slots of thread-local storage (no system call, no lock). A thread
+ * cache is allocated in the cache's arena and dies with it: a slot whose serial is no longer in
+ * the process-wide list of caches (tcache_caches) is free again. The list, under its own lock,
+ * is what a thread that exits consults before it gives its chunks back (pthread key destructor);
+ * code_cache_destroy takes its cache off the list first.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+
+#include "internal.h"
+#include "tcache.h"
+
+#define TCACHE_QUARANTINE ((size_t)1 << 20)
+#define TCACHE_MAX        ((size_t)2 << 20)
+/* Caches per thread with a thread cache; a thread using more frees into the others with the
+ * lock, as before. */
+#define TCACHE_SLOTS 4
+
+/* A FIFO of kept chunks of one size: record id + 1, linked by fifo_next, oldest first. */
+struct tcache_bin {
+    uint32_t head, tail;
+    size_t count;
+};
+
+struct tcache {
+    struct code_cache *cache;
+    struct tcache *next; /* the cache's list, under its lock */
+    unsigned busy;       /* atomic: the owner is between tcache_enter and tcache_leave */
+    /* Written by the owner (or a taker, while the owner is stopped), read by stats: atomic. */
+    size_t granules, chunks, allocated;
+    struct tcache_bin bin[TCACHE_CLASSES + 1]; /* by granules; [0] unused */
+};
+
+struct tcache_slot {
+    uint64_t serial;
+    struct tcache *tc;
+};
+
+/* initial-exec: a load at a fixed offset from the thread pointer, not a call to __tls_get_addr
+ * per lookup. 64 bytes, well within the static TLS glibc keeps for libraries loaded later
+ * (dlopen), as jemalloc's own thread caches do. */
+static __thread
+    __attribute__((tls_model("initial-exec"))) struct tcache_slot tcache_slots[TCACHE_SLOTS];
+
+static pthread_mutex_t tcache_caches_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct code_cache *tcache_caches; /* caches with thread caches; under tcache_caches_lock */
+static uint64_t tcache_serials;          /* atomic */
+static pthread_once_t tcache_once = PTHREAD_ONCE_INIT;
+static pthread_key_t tcache_key;
+static bool tcache_key_made;
+
+/* ---- The owner's fast paths ---- */
+
+static inline struct tcache *tcache_mine(const struct code_cache *cache)
+{
+    for (unsigned i = 0; i < TCACHE_SLOTS; i++)
+        if (tcache_slots[i].serial == cache->serial)
+            return tcache_slots[i].tc;
+    return NULL;
+}
+
+static inline bool tcache_enter(const struct code_cache *cache, struct tcache *tc)
+{
+    __atomic_store_n(&tc->busy, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&cache->tcache_stopped, __ATOMIC_SEQ_CST) == 0)
+        return true;
+    __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE);
+    return false;
+}
+
+static inline void tcache_leave(struct tcache *tc)
+{
+    __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE);
+}
+
+/* The kept totals change by (granules, chunks); only the owner or a taker writes them. */
+static inline void tcache_count(struct tcache *tc, size_t granules, size_t chunks, bool kept)
+{
+    size_t g = __atomic_load_n(&tc->granules, __ATOMIC_RELAXED);
+    size_t c = __atomic_load_n(&tc->chunks, __ATOMIC_RELAXED);
+    __atomic_store_n(&tc->granules, kept ? g + granules : g - granules, __ATOMIC_RELAXED);
+    __atomic_store_n(&tc->chunks, kept ? c + chunks : c - chunks, __ATOMIC_RELAXED);
+}
+
+static struct code_chunk *tcache_pop(struct code_cache *cache, struct tcache *tc, size_t n)
+{
+    struct tcache_bin *bin = &tc->bin[n];
+    if (bin->head == 0)
+        return NULL;
+    struct code_chunk *chunk = chunks_at(cache, bin->head - 1);
+    bin->head = chunk->fifo_next;
+    if (bin->head == 0)
+        bin->tail = 0;
+    bin->count--;
+    chunk->fifo_next = 0;
+    tcache_count(tc, n, 1, false);
+    return chunk;
+}
+
+struct code_chunk *tcache_alloc(struct code_cache *cache, size_t n)
+{
+    if (n > TCACHE_CLASSES)
+        return NULL;
+    struct tcache *tc = tcache_mine(cache);
+    if (tc == NULL ||
+        (__atomic_load_n(&tc->granules, __ATOMIC_RELAXED) << cache->granule_shift) <
+            TCACHE_QUARANTINE ||
+        !tcache_enter(cache, tc))
+        return NULL;
+    struct code_chunk *chunk = tcache_pop(cache, tc, n);
+    if (chunk != NULL) {
+        __atomic_store_n(&tc->allocated, __atomic_load_n(&tc->allocated, __ATOMIC_RELAXED) + 1,
+                         __ATOMIC_RELAXED);
+        /* Code ran there: its seal resynchronises the other cores (arch_sync_cores). */
+        chunk->reused = true;
+        chunks_open(cache, chunk, chunk_first(chunk_load_extent(chunk)), n);
+    }
+    tcache_leave(tc);
+    return chunk;
+}
+
+static struct tcache *tcache_create(struct code_cache *cache);
+static void tcache_flush(struct code_cache *cache, struct tcache *tc);
+
+bool tcache_free(struct code_chunk *chunk)
+{
+    struct code_cache *cache = chunk->cache;
+    if (!cache->tcache_on)
+        return false;
+    const uint64_t extent = chunk_load_extent(chunk);
+    const size_t first = chunk_first(extent), n = chunk_granules(extent);
+    const unsigned shift = cache->granule_shift;
+    if (n > TCACHE_CLASSES || chunk->veneers != NULL ||
+        __atomic_load_n(&chunk->debug_names, __ATOMIC_ACQUIRE) != NULL || wx_forked(cache) ||
+        !cache->wx->scrub_in_lock(cache))
+        return false;
+    struct tcache *tc = tcache_mine(cache);
+    if (tc == NULL && (tc = tcache_create(cache)) == NULL)
+        return false;
+    if (!tcache_enter(cache, tc))
+        return false;
+    /* SEALING (a seal in another thread: a misuse) is waited out, and a chunk that is not live is
+     * reported, by the locked way. */
+    uint8_t state = chunk_load_state(chunk);
+    if (state != CHUNK_OPEN && state != CHUNK_SEALED) {
+        tcache_leave(tc);
+        return false;
+    }
+    /* As code_chunk_free: the words first, while the chunk is still live. */
+    find_clear(cache, first, n);
+    if (!__atomic_compare_exchange_n(&chunk->state, &state, CHUNK_FREEING, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        tcache_leave(tc);
+        return false;
+    }
+    const bool sealed = state == CHUNK_SEALED;
+    if (sealed)
+        __atomic_fetch_sub(&cache->sealed_chunks, 1, __ATOMIC_RELAXED);
+    if (cache->wx->scrub(cache, first << shift, n << shift, sealed) != 0) {
+        /* Still the chunk's: the locked way tries again, or retires the span. */
+        tcache_leave(tc);
+        cache_lock(cache);
+        cache->live_chunks--;
+        cache->in_flight++;
+        cache_unlock(cache);
+        space_reclaim(cache, chunk, sealed);
+        return true;
+    }
+    chunk_store_state(chunk, CHUNK_FREED);
+    struct tcache_bin *bin = &tc->bin[n];
+    chunk->fifo_next = 0;
+    if (bin->tail != 0)
+        chunks_at(cache, bin->tail - 1)->fifo_next = chunk->id + 1;
+    else
+        bin->head = chunk->id + 1;
+    bin->tail = chunk->id + 1;
+    bin->count++;
+    tcache_count(tc, n, 1, true);
+    const bool full = (__atomic_load_n(&tc->granules, __ATOMIC_RELAXED) << shift) > TCACHE_MAX;
+    tcache_leave(tc);
+    if (full)
+        tcache_flush(cache, tc);
+    return true;
+}
+
+/* ---- Giving chunks back (the cache's lock held) ---- */
+
+/* The oldest `count` chunks of a bin back to the cache's index. */
+static size_t tcache_give_back(struct code_cache *cache, struct tcache *tc, size_t n, size_t count)
+{
+    size_t given = 0;
+    struct code_chunk *chunk;
+    while (given < count && (chunk = tcache_pop(cache, tc, n)) != NULL) {
+        space_put_back(cache, chunk);
+        given++;
+    }
+    return given * n;
+}
+
+static size_t tcache_give_back_all(struct code_cache *cache, struct tcache *tc)
+{
+    size_t granules = 0;
+    for (size_t n = 1; n <= TCACHE_CLASSES; n++)
+        granules += tcache_give_back(cache, tc, n, SIZE_MAX);
+    return granules;
+}
+
+/* The owner, past TCACHE_MAX: the oldest half of every class. Holding the lock keeps takers out
+ * (they hold it too), and the owner is this thread. */
+static void tcache_flush(struct code_cache *cache, struct tcache *tc)
+{
+    cache_lock(cache);
+    for (size_t n = 1; n <= TCACHE_CLASSES; n++)
+        tcache_give_back(cache, tc, n, (tc->bin[n].count + 1) / 2);
+    space_release_if_due(cache);
+    cache_unlock(cache);
+}
+
+size_t tcache_drain_all(struct code_cache *cache)
+{
+    __atomic_store_n(&cache->tcache_stopped, 1, __ATOMIC_SEQ_CST);
+    size_t granules = 0;
+    for (struct tcache *tc = cache->tcaches; tc != NULL; tc = tc->next) {
+        while (__atomic_load_n(&tc->busy, __ATOMIC_SEQ_CST) != 0)
+            sched_yield();
+        granules += tcache_give_back_all(cache, tc);
+    }
+    return granules;
+}
+
+void tcache_resume(struct code_cache *cache)
+{
+    __atomic_store_n(&cache->tcache_stopped, 0, __ATOMIC_RELEASE);
+}
+
+void tcache_totals(const struct code_cache *cache, struct tcache_totals *out)
+{
+    *out = (struct tcache_totals){0, 0, 0};
+    for (const struct tcache *tc = cache->tcaches; tc != NULL; tc = tc->next) {
+        out->granules += __atomic_load_n(&tc->granules, __ATOMIC_RELAXED);
+        out->chunks += __atomic_load_n(&tc->chunks, __ATOMIC_RELAXED);
+        out->allocated += __atomic_load_n(&tc->allocated, __ATOMIC_RELAXED);
+    }
+}
+
+/* ---- Lifetime ---- */
+
+/* The cache with this serial, if it still exists. Under tcache_caches_lock. */
+static struct code_cache *tcache_listed_cache(uint64_t serial)
+{
+    for (struct code_cache *c = tcache_caches; c != NULL; c = c->tcache_next_cache)
+        if (c->serial == serial)
+            return c;
+    return NULL;
+}
+
+/* At thread exit: every kept chunk back to its cache, if the cache still exists. */
+static void tcache_thread_exit(void *unused)
+{
+    (void)unused;
+    pthread_mutex_lock(&tcache_caches_lock);
+    for (unsigned i = 0; i < TCACHE_SLOTS; i++) {
+        struct tcache_slot *slot = &tcache_slots[i];
+        struct code_cache *cache = slot->serial ? tcache_listed_cache(slot->serial) : NULL;
+        /* A fork()ed child's copy of a parent's cache is frozen: nothing goes back. */
+        if (cache != NULL && !wx_forked(cache)) {
+            cache_lock(cache);
+            tcache_give_back_all(cache, slot->tc);
+            for (struct tcache **p = &cache->tcaches; *p != NULL; p = &(*p)->next)
+                if (*p == slot->tc) {
+                    *p = slot->tc->next;
+                    break;
+                }
+            meta_free(&cache->meta, slot->tc, sizeof *slot->tc);
+            cache_unlock(cache);
+        }
+        *slot = (struct tcache_slot){0, NULL};
+    }
+    pthread_mutex_unlock(&tcache_caches_lock);
+}
+
+static void tcache_before_fork(void)
+{
+    pthread_mutex_lock(&tcache_caches_lock);
+}
+
+static void tcache_after_fork(void)
+{
+    pthread_mutex_unlock(&tcache_caches_lock);
+}
+
+static void tcache_setup(void)
+{
+    /* The key's value is only a mark: its destructor runs for threads that set it. */
+    tcache_key_made = pthread_key_create(&tcache_key, tcache_thread_exit) == 0;
+    pthread_atfork(tcache_before_fork, tcache_after_fork, tcache_after_fork);
+}
+
+/* dlclose: no destructor may point into the unloaded library. */
+__attribute__((destructor)) static void tcache_unload(void)
+{
+    if (tcache_key_made)
+        pthread_key_delete(tcache_key);
+}
+
+void tcache_init(struct code_cache *cache)
+{
+    cache->serial = __atomic_add_fetch(&tcache_serials, 1, __ATOMIC_RELAXED);
+    cache->tcache_on = !(cache->flags & CODE_CACHE_NO_THREAD_CACHE) &&
+                       cache->wx->freed_stays_ready && cache->wx->scrub_in_lock != NULL &&
+                       cache->wx->scrub_in_lock(cache);
+}
+
+static struct tcache *tcache_create(struct code_cache *cache)
+{
+    pthread_once(&tcache_once, tcache_setup);
+    if (!tcache_key_made)
+        return NULL;
+    struct tcache *tc = NULL;
+    pthread_mutex_lock(&tcache_caches_lock);
+    struct tcache_slot *slot = NULL;
+    for (unsigned i = 0; i < TCACHE_SLOTS && slot == NULL; i++)
+        if (tcache_slots[i].serial == 0 || tcache_listed_cache(tcache_slots[i].serial) == NULL)
+            slot = &tcache_slots[i];
+    if (slot != NULL && pthread_setspecific(tcache_key, tcache_slots) == 0) {
+        cache_lock(cache);
+        tc = meta_alloc(&cache->meta, sizeof *tc);
+        if (tc != NULL) {
+            tc->cache = cache;
+            tc->next = cache->tcaches;
+            cache->tcaches = tc;
+            if (!cache->tcache_listed) {
+                cache->tcache_next_cache = tcache_caches;
+                tcache_caches = cache;
+                cache->tcache_listed = true;
+            }
+            *slot = (struct tcache_slot){cache->serial, tc};
+        }
+        cache_unlock(cache);
+    }
+    pthread_mutex_unlock(&tcache_caches_lock);
+    return tc;
+}
+
+void tcache_forget(struct code_cache *cache)
+{
+    if (!cache->tcache_listed)
+        return;
+    pthread_mutex_lock(&tcache_caches_lock);
+    for (struct code_cache **p = &tcache_caches; *p != NULL; p = &(*p)->tcache_next_cache)
+        if (*p == cache) {
+            *p = cache->tcache_next_cache;
+            break;
+        }
+    pthread_mutex_unlock(&tcache_caches_lock);
+    /* No thread looks at them any more: their slots name a serial that is no longer listed.
+     * Freed one by one, as every block of the arena is (valgrind knows each as a block). */
+    while (cache->tcaches != NULL) {
+        struct tcache *tc = cache->tcaches;
+        cache->tcaches = tc->next;
+        meta_free(&cache->meta, tc, sizeof *tc);
+    }
+}

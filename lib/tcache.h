@@ -1,0 +1,44 @@
+/*
+ * tcache.c: each thread's cache of the small chunks it freed, so that a method JIT's alloc and
+ * free of one function take no lock (jemalloc's tcache, for code). Only where a free is stores
+ * alone (wx_ops.scrub_in_lock: the dual backend, not hardened).
+ */
+#ifndef CODE_CACHE_TCACHE_H
+#define CODE_CACHE_TCACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct code_cache;
+struct code_chunk;
+
+/* Chunks of 1 .. TCACHE_CLASSES granules (64 B - 1 KiB with the dual backend's granule). */
+#define TCACHE_CLASSES 16
+
+/* code_cache_create: whether this cache's small frees may go to thread caches. */
+void tcache_init(struct code_cache *cache);
+/* code_cache_destroy, before the cache's memory goes: threads that exit later leave it alone, and
+ * the thread caches' memory is freed. */
+void tcache_forget(struct code_cache *cache);
+
+/* code_cache_alloc without the lock: an OPEN chunk of n granules that this thread freed, once
+ * enough wait (the quarantine), or NULL: the caller takes the lock. */
+struct code_chunk *tcache_alloc(struct code_cache *cache, size_t n);
+/* code_chunk_free without the lock: true when the chunk was scrubbed and kept by this thread;
+ * false when the caller must free it the locked way (nothing was changed). */
+bool tcache_free(struct code_chunk *chunk);
+
+/* Caller holds the lock. Stops every thread's fast paths (they take the lock instead, and wait
+ * for it) and gives every kept chunk back to the cache's index; tcache_resume lets them go on.
+ * Returns the granules given back. */
+size_t tcache_drain_all(struct code_cache *cache);
+void tcache_resume(struct code_cache *cache);
+
+/* code_cache_get_stats, under the lock: what the thread caches keep, and how many chunks they
+ * handed out. */
+struct tcache_totals {
+    size_t granules, chunks, allocated;
+};
+void tcache_totals(const struct code_cache *cache, struct tcache_totals *out);
+
+#endif

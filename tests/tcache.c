@@ -1,0 +1,301 @@
+/*
+ * Thread caches (lib/tcache.c, CODE_CACHE_NO_THREAD_CACHE in code_cache.h): a dual-mapped cache
+ * lets each thread keep the small chunks it frees and hand them out again to itself once a
+ * megabyte waits. What must hold: a kept chunk is trapped and not handed out before the
+ * quarantine; stats count it as free and ready; what a thread keeps goes back to the cache when it
+ * exits, when an allocation would otherwise fail with ENOSPC, and when the cache is reset; a
+ * cache destroyed before the thread exits is left alone.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "code_cache.h"
+#include "helpers.h"
+
+#define MIB ((size_t)1 << 20)
+
+static struct code_cache *dual_cache(size_t size, unsigned flags)
+{
+    struct code_cache_options opts = {.size = size, .flags = CODE_CACHE_DUAL_MAP | flags};
+    struct code_cache *cache = code_cache_create(&opts);
+    cr_assert_not_null(cache, "create: errno %d", errno);
+    return cache;
+}
+
+static struct code_chunk *sealed_function(struct code_cache *cache, size_t size, int value)
+{
+    struct code_chunk *chunk = code_cache_alloc(cache, size);
+    cr_assert_not_null(chunk, "alloc(%zu): errno %d", size, errno);
+    jit_fn fn = emit_return(chunk, value);
+    cr_assert_not_null(fn);
+    cr_assert_eq(code_chunk_seal(chunk), 0);
+    cr_assert_eq(fn(), value);
+    return chunk;
+}
+
+/* A freed 64-byte function comes back exactly when a megabyte (16,384 of them) waits, not
+ * before; until then its span is traps and its handle is refused. */
+Test(tcache, a_kept_chunk_comes_back_only_after_a_megabyte)
+{
+    struct code_cache *cache = dual_cache(8 * MIB, 0);
+    struct code_chunk *first = sealed_function(cache, 64, 1);
+    const struct code_span span = code_chunk_span(first);
+    code_chunk_free(first);
+    expect_freed_span(span);
+    cr_assert_eq(code_chunk_seal(first), -1, "a kept chunk's handle is refused");
+    cr_assert_eq(errno, EPERM);
+    const size_t quarantine = MIB / 64;
+    for (size_t i = 1; i < quarantine; i++) {
+        struct code_chunk *c = code_cache_alloc(cache, 64);
+        cr_assert_not_null(c);
+        cr_assert_neq(code_chunk_span(c).rx, span.rx, "reused after %zu frees", i);
+        code_chunk_free(c);
+    }
+    /* 16,384 kept: the next allocation of that size takes the oldest. */
+    struct code_chunk *again = code_cache_alloc(cache, 64);
+    cr_assert_eq(again, first, "the oldest kept chunk was not the one handed out");
+    cr_assert_eq(code_chunk_span(again).rx, span.rx);
+    expect_fresh_chunk(again);
+    jit_fn fn = emit_return(again, 7);
+    cr_assert_eq(code_chunk_seal(again), 0);
+    cr_assert_eq(fn(), 7);
+    code_chunk_free(again);
+    check_no_wx(cache);
+    code_cache_destroy(cache);
+}
+
+/* Stats: a kept chunk is neither in use nor a free span; it is free and ready. */
+Test(tcache, stats_count_kept_chunks_as_free_and_ready)
+{
+    struct code_cache *cache = dual_cache(4 * MIB, 0);
+    struct code_chunk *chunks[10];
+    for (int i = 0; i < 10; i++)
+        chunks[i] = sealed_function(cache, 200, i);
+    struct code_chunk *open = code_cache_alloc(cache, 64);
+    struct code_cache_stats before, after;
+    code_cache_get_stats(cache, &before);
+    cr_assert_eq(before.sealed_chunks, 10);
+    cr_assert_eq(before.open_chunks, 1);
+    for (int i = 0; i < 10; i += 2)
+        code_chunk_free(chunks[i]);
+    code_chunk_free(open);
+    code_cache_get_stats(cache, &after);
+    cr_assert_eq(after.sealed_chunks, 5);
+    cr_assert_eq(after.open_chunks, 0);
+    cr_assert_eq(after.in_use, before.in_use - 5 * 256 - 64);
+    cr_assert_eq(after.free_ready, before.free_ready + 5 * 256 + 64);
+    cr_assert_eq(after.free, before.free + 5 * 256 + 64);
+    cr_assert_eq(after.committed, before.committed);
+    cr_assert_eq(after.free_spans, 0, "kept chunks are not free spans of the index");
+    cr_assert_eq(after.chunks_allocated, 11);
+    for (int i = 1; i < 10; i += 2)
+        code_chunk_free(chunks[i]);
+    code_cache_destroy(cache);
+}
+
+/* With CODE_CACHE_NO_THREAD_CACHE a free goes back to the index at once. */
+Test(tcache, no_thread_cache_frees_into_the_index)
+{
+    struct code_cache *cache = dual_cache(4 * MIB, CODE_CACHE_NO_THREAD_CACHE);
+    struct code_chunk *a = sealed_function(cache, 64, 1);
+    struct code_chunk *b = sealed_function(cache, 64, 2);
+    code_chunk_free(a);
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_spans, 1);
+    code_chunk_free(b);
+    code_cache_destroy(cache);
+}
+
+struct keeper {
+    struct code_cache *cache;
+    size_t size, count;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stage; /* 1: freed, kept; 2: may go on */
+    int after; /* errno of an allocation after stage 2, or 0 */
+};
+
+/* Allocates `count` chunks (all of the cache if count is 0), frees them all (kept), and waits. */
+static void *keeper_run(void *arg)
+{
+    struct keeper *k = arg;
+    struct code_chunk **chunks = calloc(k->count ? k->count : 65536, sizeof *chunks);
+    size_t n = 0;
+    for (; k->count ? n < k->count : n < 65536; n++) {
+        chunks[n] = code_cache_alloc(k->cache, k->size);
+        if (chunks[n] == NULL)
+            break;
+        emit_return(chunks[n], (int)n);
+        code_chunk_seal(chunks[n]);
+    }
+    k->count = n;
+    for (size_t i = 0; i < n; i++)
+        code_chunk_free(chunks[i]);
+    free(chunks);
+    pthread_mutex_lock(&k->lock);
+    k->stage = 1;
+    pthread_cond_broadcast(&k->cond);
+    while (k->stage != 2)
+        pthread_cond_wait(&k->cond, &k->lock);
+    pthread_mutex_unlock(&k->lock);
+    if (k->after >= 0) {
+        struct code_chunk *c = code_cache_alloc(k->cache, k->size);
+        k->after = c == NULL ? errno : 0;
+        if (c != NULL)
+            code_chunk_free(c);
+    }
+    return NULL;
+}
+
+static void keeper_start(struct keeper *k, pthread_t *t)
+{
+    pthread_mutex_init(&k->lock, NULL);
+    pthread_cond_init(&k->cond, NULL);
+    cr_assert_eq(pthread_create(t, NULL, keeper_run, k), 0);
+    pthread_mutex_lock(&k->lock);
+    while (k->stage != 1)
+        pthread_cond_wait(&k->cond, &k->lock);
+    pthread_mutex_unlock(&k->lock);
+}
+
+static void keeper_finish(struct keeper *k, pthread_t t)
+{
+    pthread_mutex_lock(&k->lock);
+    k->stage = 2;
+    pthread_cond_broadcast(&k->cond);
+    pthread_mutex_unlock(&k->lock);
+    cr_assert_eq(pthread_join(t, NULL), 0);
+    pthread_mutex_destroy(&k->lock);
+    pthread_cond_destroy(&k->cond);
+}
+
+/* Another thread filled the cache with 64-byte functions and freed them all, and keeps them:
+ * one allocation of the whole cache must still succeed. */
+Test(tcache, enospc_takes_back_what_other_threads_keep)
+{
+    const size_t size = 256 << 10;
+    struct code_cache *cache = dual_cache(size, 0);
+    struct keeper k = {.cache = cache, .size = 64, .after = 0};
+    pthread_t t;
+    keeper_start(&k, &t);
+    cr_assert_eq(k.count, size / 64, "the keeper filled %zu chunks", k.count);
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_ready, size);
+    cr_assert_eq(st.free_spans, 0);
+    struct code_chunk *all = code_cache_alloc(cache, size);
+    cr_assert_not_null(all, "the whole cache: errno %d", errno);
+    /* The keeper has nothing left to hand out: its allocation finds the cache full. */
+    keeper_finish(&k, t);
+    cr_assert_eq(k.after, ENOSPC, "the keeper allocated from a chunk it no longer keeps");
+    code_chunk_free(all);
+    code_cache_destroy(cache);
+}
+
+/* A reset takes what threads keep: afterwards the whole cache is one allocation, and the thread
+ * that kept chunks hands out none of them. */
+Test(tcache, a_reset_takes_what_threads_keep)
+{
+    const size_t size = 256 << 10;
+    struct code_cache *cache = dual_cache(size, 0);
+    struct keeper k = {.cache = cache, .size = 128, .count = 100, .after = 0};
+    pthread_t t;
+    keeper_start(&k, &t);
+    cr_assert_eq(code_cache_reset(cache), 0);
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.in_use, 0);
+    cr_assert_eq(st.free_ready, 0, "kept chunks survived the reset");
+    cr_assert_eq(st.never_used, size);
+    struct code_chunk *all = code_cache_alloc(cache, size);
+    cr_assert_not_null(all, "errno %d", errno);
+    keeper_finish(&k, t);
+    cr_assert_eq(k.after, ENOSPC);
+    code_chunk_free(all);
+    code_cache_destroy(cache);
+}
+
+/* A thread that exits gives back what it kept: the index sees the freed span. */
+Test(tcache, a_thread_that_exits_gives_its_chunks_back)
+{
+    struct code_cache *cache = dual_cache(4 * MIB, 0);
+    struct code_chunk *below = sealed_function(cache, 64, 1);
+    struct keeper k = {.cache = cache, .size = 64, .count = 100, .after = -1};
+    pthread_t t;
+    keeper_start(&k, &t);
+    struct code_chunk *above = sealed_function(cache, 64, 2);
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_spans, 0);
+    cr_assert_eq(st.free_ready, 100 * 64);
+    keeper_finish(&k, t);
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_spans, 1, "the exited thread's chunks are not back in the index");
+    cr_assert_eq(st.free_ready, 100 * 64);
+    code_chunk_free(below);
+    code_chunk_free(above);
+    code_cache_destroy(cache);
+}
+
+/* The cache is destroyed while another thread keeps chunks of it; then that thread exits. Under
+ * valgrind or ASan, a thread that touched the destroyed cache's memory on its way out fails
+ * here. */
+Test(tcache, a_thread_exiting_after_its_cache_was_destroyed_leaves_it_alone)
+{
+    struct code_cache *cache = dual_cache(4 * MIB, 0);
+    struct keeper k = {.cache = cache, .size = 64, .count = 50, .after = -1};
+    pthread_t t;
+    keeper_start(&k, &t);
+    code_cache_destroy(cache);
+    keeper_finish(&k, t);
+    struct code_cache *next = dual_cache(4 * MIB, 0);
+    struct code_chunk *c = sealed_function(next, 64, 3);
+    code_chunk_free(c);
+    code_cache_destroy(next);
+}
+
+/* More caches than a thread has slots for: the fifth frees the locked way, correctly. */
+Test(tcache, more_caches_than_slots)
+{
+    struct code_cache *caches[6];
+    for (int i = 0; i < 6; i++) {
+        caches[i] = dual_cache(1 * MIB, 0);
+        struct code_chunk *c = sealed_function(caches[i], 64, i);
+        code_chunk_free(c);
+    }
+    for (int i = 0; i < 6; i++) {
+        struct code_cache_stats st;
+        code_cache_get_stats(caches[i], &st);
+        cr_assert_eq(st.free_ready, 64, "cache %d", i);
+        cr_assert_eq(st.free_spans, i < 4 ? 0 : 1, "cache %d: kept %s", i,
+                     i < 4 ? "by the thread" : "in the index");
+        code_cache_destroy(caches[i]);
+    }
+}
+
+/* Past 2 MiB kept, the oldest half goes back to the index. */
+Test(tcache, a_thread_keeps_at_most_two_megabytes)
+{
+    struct code_cache *cache = dual_cache(16 * MIB, 0);
+    const size_t n = 2 * MIB / 1024 + 1;
+    struct code_chunk **chunks = calloc(n, sizeof *chunks);
+    for (size_t i = 0; i < n; i++)
+        chunks[i] = code_cache_alloc(cache, 1024);
+    for (size_t i = 0; i < n; i++)
+        code_chunk_free(chunks[i]);
+    free(chunks);
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.in_use, 0);
+    cr_assert_eq(st.free_ready, n * 1024);
+    cr_assert_eq(st.free_spans, 1, "the oldest half is back in the index as one span");
+    /* The newest 1,024 are still kept, a megabyte: the next allocation of 1 KiB takes the oldest
+     * of them, the first not given back. */
+    struct code_chunk *c = code_cache_alloc(cache, 1024);
+    cr_assert_eq((uintptr_t)code_chunk_span(c).rx - st.base, (n - 1024) * 1024);
+    code_chunk_free(c);
+    code_cache_destroy(cache);
+}
