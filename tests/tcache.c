@@ -16,6 +16,14 @@
 
 #define MIB ((size_t)1 << 20)
 
+/* Where instruction fetch does not see the RW view's stores (an emulator: qemu-user), a free
+ * maps the RX view again, a system call, and thread caches are off (lib/tcache.c). */
+static void need_thread_caches(void)
+{
+    if (test_dual_fetch_is_stale())
+        cr_skip_test("thread caches are off where fetch does not see the RW view (emulator)");
+}
+
 static struct code_cache *dual_cache(size_t size, unsigned flags)
 {
     struct code_cache_options opts = {.size = size, .flags = CODE_CACHE_DUAL_MAP | flags};
@@ -37,7 +45,7 @@ static struct code_chunk *sealed_function(struct code_cache *cache, size_t size,
 
 /* A freed 64-byte function comes back exactly when a megabyte (16,384 of them) waits, not
  * before; until then its span is traps and its handle is refused. */
-Test(tcache, a_kept_chunk_comes_back_only_after_a_megabyte)
+Test(tcache, a_kept_chunk_comes_back_only_after_a_megabyte, .init = need_thread_caches)
 {
     struct code_cache *cache = dual_cache(8 * MIB, 0);
     struct code_chunk *first = sealed_function(cache, 64, 1);
@@ -67,7 +75,7 @@ Test(tcache, a_kept_chunk_comes_back_only_after_a_megabyte)
 }
 
 /* Stats: a kept chunk is neither in use nor a free span; it is free and ready. */
-Test(tcache, stats_count_kept_chunks_as_free_and_ready)
+Test(tcache, stats_count_kept_chunks_as_free_and_ready, .init = need_thread_caches)
 {
     struct code_cache *cache = dual_cache(4 * MIB, 0);
     struct code_chunk *chunks[10];
@@ -174,7 +182,7 @@ static void keeper_finish(struct keeper *k, pthread_t t)
 
 /* Another thread filled the cache with 64-byte functions and freed them all, and keeps them:
  * one allocation of the whole cache must still succeed. */
-Test(tcache, enospc_takes_back_what_other_threads_keep)
+Test(tcache, enospc_takes_back_what_other_threads_keep, .init = need_thread_caches)
 {
     const size_t size = 256 << 10;
     struct code_cache *cache = dual_cache(size, 0);
@@ -219,7 +227,7 @@ Test(tcache, a_reset_takes_what_threads_keep)
 }
 
 /* A thread that exits gives back what it kept: the index sees the freed span. */
-Test(tcache, a_thread_that_exits_gives_its_chunks_back)
+Test(tcache, a_thread_that_exits_gives_its_chunks_back, .init = need_thread_caches)
 {
     struct code_cache *cache = dual_cache(4 * MIB, 0);
     struct code_chunk *below = sealed_function(cache, 64, 1);
@@ -258,7 +266,7 @@ Test(tcache, a_thread_exiting_after_its_cache_was_destroyed_leaves_it_alone)
 }
 
 /* More caches than a thread has slots for: the fifth frees the locked way, correctly. */
-Test(tcache, more_caches_than_slots)
+Test(tcache, more_caches_than_slots, .init = need_thread_caches)
 {
     struct code_cache *caches[6];
     for (int i = 0; i < 6; i++) {
@@ -277,7 +285,7 @@ Test(tcache, more_caches_than_slots)
 }
 
 /* Past 2 MiB kept, the oldest half goes back to the index. */
-Test(tcache, a_thread_keeps_at_most_two_megabytes)
+Test(tcache, a_thread_keeps_at_most_two_megabytes, .init = need_thread_caches)
 {
     struct code_cache *cache = dual_cache(16 * MIB, 0);
     const size_t n = 2 * MIB / 1024 + 1;
