@@ -11,9 +11,13 @@
  * only for chunks of up to TCACHE_CLASSES granules with no veneers and no names, whose free needs
  * nothing else of the cache.
  *
- * Quarantine. A freed chunk is handed out again only once TCACHE_QUARANTINE bytes wait in its
- * thread's cache, oldest first in its size class, as the cache's own ready spans wait for a
- * megabyte (space.c): a stale call into the last megabyte a thread freed still traps. Beyond
+ * Quarantine. A freed chunk is handed out again only once TCACHE_QUARANTINE_CHUNKS chunks (or
+ * TCACHE_QUARANTINE bytes) wait in its thread's cache, oldest first in its size class: a stale
+ * call into one of the last 1,024 functions a thread freed still traps. Counted in functions, not
+ * in bytes as the cache's ready spans are (space.c: a megabyte), because that is what a stale
+ * pointer points to, and because a megabyte of 64-byte functions is 16,384 of them, whose reuse
+ * comes back from beyond the processor's L2 cache: bench/dual's 64-byte FIFO took 215 ns with a
+ * megabyte and 150 ns with 1,024 functions (medians of 11, interleaved; 2026-12-02). Beyond
  * TCACHE_MAX the oldest half of every class goes back to the cache's index (one lock for
  * thousands of frees), where space.c gives whole pages back to the system in its batches. A
  * thread's cache is also given back when the thread exits, and when an allocation would fail
@@ -41,8 +45,9 @@
 #include "internal.h"
 #include "tcache.h"
 
-#define TCACHE_QUARANTINE ((size_t)1 << 20)
-#define TCACHE_MAX        ((size_t)2 << 20)
+#define TCACHE_QUARANTINE_CHUNKS 1024
+#define TCACHE_QUARANTINE        ((size_t)1 << 20)
+#define TCACHE_MAX               ((size_t)2 << 20)
 /* Caches per thread with a thread cache; a thread using more frees into the others with the
  * lock, as before. */
 #define TCACHE_SLOTS 4
@@ -133,11 +138,13 @@ struct code_chunk *tcache_alloc(struct code_cache *cache, size_t n)
     if (n > TCACHE_CLASSES)
         return NULL;
     struct tcache *tc = tcache_mine(cache);
-    if (tc == NULL ||
-        (__atomic_load_n(&tc->granules, __ATOMIC_RELAXED) << cache->granule_shift) <
-            TCACHE_QUARANTINE ||
-        !tcache_enter(cache, tc))
+    if (tc == NULL || !tcache_enter(cache, tc))
         return NULL;
+    if (tc->chunks < TCACHE_QUARANTINE_CHUNKS &&
+        (tc->granules << cache->granule_shift) < TCACHE_QUARANTINE) {
+        tcache_leave(tc);
+        return NULL;
+    }
     struct code_chunk *chunk = tcache_pop(cache, tc, n);
     if (chunk != NULL) {
         __atomic_store_n(&tc->allocated, __atomic_load_n(&tc->allocated, __ATOMIC_RELAXED) + 1,

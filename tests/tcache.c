@@ -1,9 +1,9 @@
 /*
  * Thread caches (lib/tcache.c, CODE_CACHE_NO_THREAD_CACHE in code_cache.h): a dual-mapped cache
- * lets each thread keep the small chunks it frees and hand them out again to itself once a
- * megabyte waits. What must hold: a kept chunk is trapped and not handed out before the
- * quarantine; stats count it as free and ready; what a thread keeps goes back to the cache when it
- * exits, when an allocation would otherwise fail with ENOSPC, and when the cache is reset; a
+ * lets each thread keep the small chunks it frees and hand them out again to itself once 1,024
+ * of them (or a megabyte) wait. What must hold: a kept chunk is trapped and not handed out before
+ * the quarantine; stats count it as free and ready; what a thread keeps goes back to the cache when
+ * it exits, when an allocation would otherwise fail with ENOSPC, and when the cache is reset; a
  * cache destroyed before the thread exits is left alone.
  */
 #include <criterion/criterion.h>
@@ -43,9 +43,9 @@ static struct code_chunk *sealed_function(struct code_cache *cache, size_t size,
     return chunk;
 }
 
-/* A freed 64-byte function comes back exactly when a megabyte (16,384 of them) waits, not
- * before; until then its span is traps and its handle is refused. */
-Test(tcache, a_kept_chunk_comes_back_only_after_a_megabyte, .init = need_thread_caches)
+/* A freed 64-byte function comes back exactly when 1,024 of them wait, not before; until then its
+ * span is traps and its handle is refused. */
+Test(tcache, a_kept_chunk_comes_back_only_after_1024_frees, .init = need_thread_caches)
 {
     struct code_cache *cache = dual_cache(8 * MIB, 0);
     struct code_chunk *first = sealed_function(cache, 64, 1);
@@ -54,14 +54,14 @@ Test(tcache, a_kept_chunk_comes_back_only_after_a_megabyte, .init = need_thread_
     expect_freed_span(span);
     cr_assert_eq(code_chunk_seal(first), -1, "a kept chunk's handle is refused");
     cr_assert_eq(errno, EPERM);
-    const size_t quarantine = MIB / 64;
+    const size_t quarantine = 1024;
     for (size_t i = 1; i < quarantine; i++) {
         struct code_chunk *c = code_cache_alloc(cache, 64);
         cr_assert_not_null(c);
         cr_assert_neq(code_chunk_span(c).rx, span.rx, "reused after %zu frees", i);
         code_chunk_free(c);
     }
-    /* 16,384 kept: the next allocation of that size takes the oldest. */
+    /* 1,024 kept: the next allocation of that size takes the oldest. */
     struct code_chunk *again = code_cache_alloc(cache, 64);
     cr_assert_eq(again, first, "the oldest kept chunk was not the one handed out");
     cr_assert_eq(code_chunk_span(again).rx, span.rx);
@@ -300,8 +300,8 @@ Test(tcache, a_thread_keeps_at_most_two_megabytes, .init = need_thread_caches)
     cr_assert_eq(st.in_use, 0);
     cr_assert_eq(st.free_ready, n * 1024);
     cr_assert_eq(st.free_spans, 1, "the oldest half is back in the index as one span");
-    /* The newest 1,024 are still kept, a megabyte: the next allocation of 1 KiB takes the oldest
-     * of them, the first not given back. */
+    /* The newest 1,024 are still kept (a megabyte): the next allocation of 1 KiB takes the
+     * oldest of them, the first not given back. */
     struct code_chunk *c = code_cache_alloc(cache, 1024);
     cr_assert_eq((uintptr_t)code_chunk_span(c).rx - st.base, (n - 1024) * 1024);
     code_chunk_free(c);
