@@ -103,7 +103,7 @@ struct code_span {
 
 /* No thread caches. By default a dual-mapped cache (not with CODE_CACHE_DUAL_HARDEN) lets each
  * thread keep the chunks of up to 1 KiB it frees, trapped, and hand them out again to its own
- * allocations of the same size once 1,024 of them (or 1 MiB) wait (the quarantine), without the
+ * allocations of the same size once 1,024 later frees followed them (the quarantine), without the
  * cache's lock: one function allocated, sealed and freed then costs about as much as with
  * asmjit's JitAllocator, which keeps no W^X at all (bench/README.md). A thread keeps at most
  * 2 MiB per cache; the rest, what it keeps when it exits, and everything when an allocation

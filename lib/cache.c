@@ -382,10 +382,11 @@ void code_cache_get_stats(const struct code_cache *cache, struct code_cache_stat
     const unsigned shift = c->granule_shift;
     pthread_mutex_lock(&c->lock);
     size_t ahead = c->ahead > c->bump ? c->ahead - c->bump : 0;
-    /* Chunks kept by threads (tcache.c) are live to the index, free and ready to the user. Read
-     * before the sealed count: a free moves a chunk from sealed to kept, and read in the other
-     * order it could be counted twice. */
+    /* Chunks kept by threads (tcache.c) are live to the index, free and ready to the user. Their
+     * threads are stopped meanwhile (they free and allocate the locked way, and wait for it):
+     * a chunk moving between kept and sealed or open is never counted twice or not at all. */
     struct tcache_totals kept;
+    tcache_stop(c);
     tcache_totals(c, &kept);
     size_t ready = c->free_granules - c->cold_granules + kept.granules;
     size_t live = c->live_granules - kept.granules;
@@ -393,6 +394,7 @@ void code_cache_get_stats(const struct code_cache *cache, struct code_cache_stat
      * that a free or a reset waits for. */
     size_t sealed = __atomic_load_n(&c->sealed_chunks, __ATOMIC_RELAXED);
     size_t live_chunks = c->live_chunks - kept.chunks;
+    tcache_resume(c);
     *out = (struct code_cache_stats){
         .base = c->base,
         .reserved = c->size,

@@ -62,8 +62,11 @@ struct veneers; /* chunk.c */
  */
 struct code_chunk {
     struct code_cache *cache;
-    uint64_t extent;       /* first granule << 32 | granules; atomic (code_cache_find) */
-    uint32_t used;         /* bytes claimed from the low end */
+    uint64_t extent; /* first granule << 32 | granules; atomic (code_cache_find) */
+    union {
+        uint32_t used;    /* OPEN or SEALED: bytes claimed from the low end */
+        uint32_t kept_at; /* FREED, kept by a thread cache: that thread's count of frees then */
+    };
     uint32_t veneer_floor; /* veneers occupy [veneer_floor, size) */
     uint32_t reserve;      /* the outstanding reservation's first byte + 1, or 0 */
     uint32_t id;           /* index in cache->records */

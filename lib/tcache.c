@@ -11,17 +11,18 @@
  * only for chunks of up to TCACHE_CLASSES granules with no veneers and no names, whose free needs
  * nothing else of the cache.
  *
- * Quarantine. A freed chunk is handed out again only once TCACHE_QUARANTINE_CHUNKS chunks (or
- * TCACHE_QUARANTINE bytes) wait in its thread's cache, oldest first in its size class: a stale
- * call into one of the last 1,024 functions a thread freed still traps. Counted in functions, not
- * in bytes as the cache's ready spans are (space.c: a megabyte), because that is what a stale
- * pointer points to, and because a megabyte of 64-byte functions is 16,384 of them, whose reuse
- * comes back from beyond the processor's L2 cache: bench/dual's 64-byte FIFO took 215 ns with a
- * megabyte and 150 ns with 1,024 functions (medians of 11, interleaved; 2026-12-02). Beyond
- * TCACHE_MAX the oldest half of every class goes back to the cache's index (one lock for
- * thousands of frees), where space.c gives whole pages back to the system in its batches. A
- * thread's cache is also given back when the thread exits, and when an allocation would fail
- * with ENOSPC; a reset takes every thread's chunks first.
+ * Quarantine. A kept chunk is handed out again only once TCACHE_QUARANTINE further frees of its
+ * thread followed it (each kept chunk is stamped with the thread's count of frees): a stale call
+ * into one of the last 1,024 functions a thread freed still traps, whatever their sizes. Counted
+ * in functions, not in bytes as the cache's ready spans are (space.c: a megabyte), because that is
+ * what a stale pointer points to, and because a megabyte of 64-byte functions is 16,384 of them,
+ * whose reuse comes back from beyond the processor's L2 cache: bench/dual's 64-byte FIFO took
+ * 215 ns with a megabyte and 150 ns with 1,024 functions (medians of 11, interleaved,
+ * 2026-12-02). 1,024 functions of at most 1 KiB are at most a megabyte. Beyond TCACHE_MAX the
+ * oldest half of every class goes back to the cache's index (one lock for thousands of frees),
+ * where space.c gives whole pages back to the system in its batches. A thread's cache is also
+ * given back when the thread exits, and when an allocation would fail with ENOSPC; a reset takes
+ * every thread's chunks first.
  *
  * Against other threads. The owner works between tcache_enter and tcache_leave: a flag of its own
  * (busy), set with a sequentially consistent store, then the cache's tcache_stopped read. A
@@ -45,9 +46,8 @@
 #include "internal.h"
 #include "tcache.h"
 
-#define TCACHE_QUARANTINE_CHUNKS 1024
-#define TCACHE_QUARANTINE        ((size_t)1 << 20)
-#define TCACHE_MAX               ((size_t)2 << 20)
+#define TCACHE_QUARANTINE 1024u
+#define TCACHE_MAX        ((size_t)2 << 20)
 /* Caches per thread with a thread cache; a thread using more frees into the others with the
  * lock, as before. */
 #define TCACHE_SLOTS 4
@@ -62,8 +62,10 @@ struct tcache {
     struct code_cache *cache;
     struct tcache *next; /* the cache's list, under its lock */
     unsigned busy;       /* atomic: the owner is between tcache_enter and tcache_leave */
-    /* Written by the owner (or a taker, while the owner is stopped), read by stats: atomic. */
+    /* Written by the owner (or a taker, while the owner is stopped); read by stats with the
+     * owners stopped. */
     size_t granules, chunks, allocated;
+    uint32_t frees; /* chunks kept so far, the kept_at of the next one (wraps) */
     struct tcache_bin bin[TCACHE_CLASSES + 1]; /* by granules; [0] unused */
 };
 
@@ -77,6 +79,9 @@ struct tcache_slot {
  * (dlopen), as jemalloc's own thread caches do. */
 static __thread
     __attribute__((tls_model("initial-exec"))) struct tcache_slot tcache_slots[TCACHE_SLOTS];
+/* Frees left before this thread, whose slots were all taken, asks for one again. */
+#define TCACHE_NO_SLOT_FREES 1024
+static __thread __attribute__((tls_model("initial-exec"))) unsigned tcache_no_slot;
 
 static pthread_mutex_t tcache_caches_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct code_cache *tcache_caches; /* caches with thread caches; under tcache_caches_lock */
@@ -112,18 +117,21 @@ static inline void tcache_leave(struct tcache *tc)
 /* The kept totals change by (granules, chunks); only the owner or a taker writes them. */
 static inline void tcache_count(struct tcache *tc, size_t granules, size_t chunks, bool kept)
 {
-    size_t g = __atomic_load_n(&tc->granules, __ATOMIC_RELAXED);
-    size_t c = __atomic_load_n(&tc->chunks, __ATOMIC_RELAXED);
-    __atomic_store_n(&tc->granules, kept ? g + granules : g - granules, __ATOMIC_RELAXED);
-    __atomic_store_n(&tc->chunks, kept ? c + chunks : c - chunks, __ATOMIC_RELAXED);
+    tc->granules = kept ? tc->granules + granules : tc->granules - granules;
+    tc->chunks = kept ? tc->chunks + chunks : tc->chunks - chunks;
 }
 
-static struct code_chunk *tcache_pop(struct code_cache *cache, struct tcache *tc, size_t n)
+/* The oldest kept chunk of n granules, or NULL; with quarantined, only once TCACHE_QUARANTINE
+ * frees followed it. */
+static struct code_chunk *tcache_pop(struct code_cache *cache, struct tcache *tc, size_t n,
+                                     bool quarantined)
 {
     struct tcache_bin *bin = &tc->bin[n];
     if (bin->head == 0)
         return NULL;
     struct code_chunk *chunk = chunks_at(cache, bin->head - 1);
+    if (quarantined && tc->frees - chunk->kept_at < TCACHE_QUARANTINE)
+        return NULL;
     bin->head = chunk->fifo_next;
     if (bin->head == 0)
         bin->tail = 0;
@@ -140,15 +148,9 @@ struct code_chunk *tcache_alloc(struct code_cache *cache, size_t n)
     struct tcache *tc = tcache_mine(cache);
     if (tc == NULL || !tcache_enter(cache, tc))
         return NULL;
-    if (tc->chunks < TCACHE_QUARANTINE_CHUNKS &&
-        (tc->granules << cache->granule_shift) < TCACHE_QUARANTINE) {
-        tcache_leave(tc);
-        return NULL;
-    }
-    struct code_chunk *chunk = tcache_pop(cache, tc, n);
+    struct code_chunk *chunk = tcache_pop(cache, tc, n, true);
     if (chunk != NULL) {
-        __atomic_store_n(&tc->allocated, __atomic_load_n(&tc->allocated, __ATOMIC_RELAXED) + 1,
-                         __ATOMIC_RELAXED);
+        tc->allocated++;
         /* Code ran there: its seal resynchronises the other cores (arch_sync_cores). */
         chunk->reused = true;
         chunks_open(cache, chunk, chunk_first(chunk_load_extent(chunk)), n);
@@ -173,8 +175,14 @@ bool tcache_free(struct code_chunk *chunk)
         !cache->wx->scrub_in_lock(cache))
         return false;
     struct tcache *tc = tcache_mine(cache);
-    if (tc == NULL && (tc = tcache_create(cache)) == NULL)
-        return false;
+    if (tc == NULL) {
+        if (tcache_no_slot > 0) {
+            tcache_no_slot--;
+            return false;
+        }
+        if ((tc = tcache_create(cache)) == NULL)
+            return false;
+    }
     if (!tcache_enter(cache, tc))
         return false;
     /* SEALING (a seal in another thread: a misuse) is waited out, and a chunk that is not live is
@@ -184,27 +192,22 @@ bool tcache_free(struct code_chunk *chunk)
         tcache_leave(tc);
         return false;
     }
-    /* As code_chunk_free: the words first, while the chunk is still live. */
+    /* As code_chunk_free: the words first, while the chunk is still live. Then the traps, before
+     * the state changes: should they fail, the chunk is still live and the locked way starts
+     * over (it writes them again, or retires the span), with nothing to undo here. (It cannot
+     * fail where scrub_in_lock says the scrub is stores alone.) */
     find_clear(cache, first, n);
-    if (!__atomic_compare_exchange_n(&chunk->state, &state, CHUNK_FREEING, false, __ATOMIC_ACQ_REL,
+    if (cache->wx->scrub(cache, first << shift, n << shift, state == CHUNK_SEALED) != 0 ||
+        !__atomic_compare_exchange_n(&chunk->state, &state, CHUNK_FREEING, false, __ATOMIC_ACQ_REL,
                                      __ATOMIC_ACQUIRE)) {
+        /* Or another thread began to seal it (a misuse): the locked way waits for the seal. */
         tcache_leave(tc);
         return false;
     }
-    const bool sealed = state == CHUNK_SEALED;
-    if (sealed)
+    if (state == CHUNK_SEALED)
         __atomic_fetch_sub(&cache->sealed_chunks, 1, __ATOMIC_RELAXED);
-    if (cache->wx->scrub(cache, first << shift, n << shift, sealed) != 0) {
-        /* Still the chunk's: the locked way tries again, or retires the span. */
-        tcache_leave(tc);
-        cache_lock(cache);
-        cache->live_chunks--;
-        cache->in_flight++;
-        cache_unlock(cache);
-        space_reclaim(cache, chunk, sealed);
-        return true;
-    }
     chunk_store_state(chunk, CHUNK_FREED);
+    chunk->kept_at = tc->frees++;
     struct tcache_bin *bin = &tc->bin[n];
     chunk->fifo_next = 0;
     if (bin->tail != 0)
@@ -214,7 +217,7 @@ bool tcache_free(struct code_chunk *chunk)
     bin->tail = chunk->id + 1;
     bin->count++;
     tcache_count(tc, n, 1, true);
-    const bool full = (__atomic_load_n(&tc->granules, __ATOMIC_RELAXED) << shift) > TCACHE_MAX;
+    const bool full = (tc->granules << shift) > TCACHE_MAX;
     tcache_leave(tc);
     if (full)
         tcache_flush(cache, tc);
@@ -228,7 +231,7 @@ static size_t tcache_give_back(struct code_cache *cache, struct tcache *tc, size
 {
     size_t given = 0;
     struct code_chunk *chunk;
-    while (given < count && (chunk = tcache_pop(cache, tc, n)) != NULL) {
+    while (given < count && (chunk = tcache_pop(cache, tc, n, false)) != NULL) {
         space_put_back(cache, chunk);
         given++;
     }
@@ -254,15 +257,20 @@ static void tcache_flush(struct code_cache *cache, struct tcache *tc)
     cache_unlock(cache);
 }
 
-size_t tcache_drain_all(struct code_cache *cache)
+void tcache_stop(struct code_cache *cache)
 {
     __atomic_store_n(&cache->tcache_stopped, 1, __ATOMIC_SEQ_CST);
-    size_t granules = 0;
-    for (struct tcache *tc = cache->tcaches; tc != NULL; tc = tc->next) {
+    for (struct tcache *tc = cache->tcaches; tc != NULL; tc = tc->next)
         while (__atomic_load_n(&tc->busy, __ATOMIC_SEQ_CST) != 0)
             sched_yield();
+}
+
+size_t tcache_drain_all(struct code_cache *cache)
+{
+    tcache_stop(cache);
+    size_t granules = 0;
+    for (struct tcache *tc = cache->tcaches; tc != NULL; tc = tc->next)
         granules += tcache_give_back_all(cache, tc);
-    }
     return granules;
 }
 
@@ -275,9 +283,9 @@ void tcache_totals(const struct code_cache *cache, struct tcache_totals *out)
 {
     *out = (struct tcache_totals){0, 0, 0};
     for (const struct tcache *tc = cache->tcaches; tc != NULL; tc = tc->next) {
-        out->granules += __atomic_load_n(&tc->granules, __ATOMIC_RELAXED);
-        out->chunks += __atomic_load_n(&tc->chunks, __ATOMIC_RELAXED);
-        out->allocated += __atomic_load_n(&tc->allocated, __ATOMIC_RELAXED);
+        out->granules += tc->granules;
+        out->chunks += tc->chunks;
+        out->allocated += tc->allocated;
     }
 }
 
@@ -304,12 +312,15 @@ static void tcache_thread_exit(void *unused)
         if (cache != NULL && !wx_forked(cache)) {
             cache_lock(cache);
             tcache_give_back_all(cache, slot->tc);
+            /* What it handed out stays counted (stats.chunks_allocated never goes down). */
+            cache->chunks_allocated += slot->tc->allocated;
             for (struct tcache **p = &cache->tcaches; *p != NULL; p = &(*p)->next)
                 if (*p == slot->tc) {
                     *p = slot->tc->next;
                     break;
                 }
             meta_free(&cache->meta, slot->tc, sizeof *slot->tc);
+            space_release_if_due(cache);
             cache_unlock(cache);
         }
         *slot = (struct tcache_slot){0, NULL};
@@ -337,7 +348,7 @@ static void tcache_setup(void)
 /* dlclose: no destructor may point into the unloaded library. */
 __attribute__((destructor)) static void tcache_unload(void)
 {
-    if (tcache_key_made)
+    if (__atomic_exchange_n(&tcache_key_made, false, __ATOMIC_ACQ_REL))
         pthread_key_delete(tcache_key);
 }
 
@@ -352,7 +363,7 @@ void tcache_init(struct code_cache *cache)
 static struct tcache *tcache_create(struct code_cache *cache)
 {
     pthread_once(&tcache_once, tcache_setup);
-    if (!tcache_key_made)
+    if (!__atomic_load_n(&tcache_key_made, __ATOMIC_ACQUIRE))
         return NULL;
     struct tcache *tc = NULL;
     pthread_mutex_lock(&tcache_caches_lock);
@@ -377,6 +388,10 @@ static struct tcache *tcache_create(struct code_cache *cache)
         cache_unlock(cache);
     }
     pthread_mutex_unlock(&tcache_caches_lock);
+    /* Every slot names a live cache: the next frees into other caches go the locked way without
+     * asking the process-wide lock again each time. */
+    if (slot == NULL)
+        tcache_no_slot = TCACHE_NO_SLOT_FREES;
     return tc;
 }
 

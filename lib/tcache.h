@@ -25,17 +25,19 @@ void tcache_forget(struct code_cache *cache);
  * enough wait (the quarantine), or NULL: the caller takes the lock. */
 struct code_chunk *tcache_alloc(struct code_cache *cache, size_t n);
 /* code_chunk_free without the lock: true when the chunk was scrubbed and kept by this thread;
- * false when the caller must free it the locked way (nothing was changed). */
+ * false when the caller must free it the locked way (which may find its lookup words cleared
+ * and its bytes trapped already, and does both again). */
 bool tcache_free(struct code_chunk *chunk);
 
-/* Caller holds the lock. Stops every thread's fast paths (they take the lock instead, and wait
- * for it) and gives every kept chunk back to the cache's index; tcache_resume lets them go on.
- * Returns the granules given back. */
+/* Caller holds the lock. tcache_stop stops every thread's fast paths (they take the lock instead,
+ * and wait for it) until tcache_resume; tcache_drain_all stops them and gives every kept chunk
+ * back to the cache's index, and returns the granules given back. */
+void tcache_stop(struct code_cache *cache);
 size_t tcache_drain_all(struct code_cache *cache);
 void tcache_resume(struct code_cache *cache);
 
-/* code_cache_get_stats, under the lock: what the thread caches keep, and how many chunks they
- * handed out. */
+/* code_cache_get_stats, under the lock, the fast paths stopped: what the thread caches keep, and
+ * how many chunks they handed out. */
 struct tcache_totals {
     size_t granules, chunks, allocated;
 };

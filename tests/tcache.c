@@ -1,7 +1,7 @@
 /*
  * Thread caches (lib/tcache.c, CODE_CACHE_NO_THREAD_CACHE in code_cache.h): a dual-mapped cache
  * lets each thread keep the small chunks it frees and hand them out again to itself once 1,024
- * of them (or a megabyte) wait. What must hold: a kept chunk is trapped and not handed out before
+ * more of its frees followed. What must hold: a kept chunk is trapped and not handed out before
  * the quarantine; stats count it as free and ready; what a thread keeps goes back to the cache when
  * it exits, when an allocation would otherwise fail with ENOSPC, and when the cache is reset; a
  * cache destroyed before the thread exits is left alone.
@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <string.h>
 
 #include "code_cache.h"
@@ -43,8 +44,8 @@ static struct code_chunk *sealed_function(struct code_cache *cache, size_t size,
     return chunk;
 }
 
-/* A freed 64-byte function comes back exactly when 1,024 of them wait, not before; until then its
- * span is traps and its handle is refused. */
+/* A freed 64-byte function comes back exactly when 1,024 frees followed it, not before; until
+ * then its span is traps and its handle is refused. */
 Test(tcache, a_kept_chunk_comes_back_only_after_1024_frees, .init = need_thread_caches)
 {
     struct code_cache *cache = dual_cache(8 * MIB, 0);
@@ -72,6 +73,34 @@ Test(tcache, a_kept_chunk_comes_back_only_after_1024_frees, .init = need_thread_
     code_chunk_free(again);
     check_no_wx(cache);
     code_cache_destroy(cache);
+}
+
+/* The quarantine is in the thread's frees of any size: with 1,024 64-byte functions kept, a
+ * 1-KiB function freed a moment ago does not come straight back, and a second free of its
+ * handle still aborts (tests below). */
+Test(tcache, the_quarantine_counts_every_size, .init = need_thread_caches)
+{
+    struct code_cache *cache = dual_cache(8 * MIB, 0);
+    for (int i = 0; i < 2048; i++)
+        code_chunk_free(code_cache_alloc(cache, 64));
+    struct code_chunk *x = sealed_function(cache, 1024, 5);
+    void *rx = code_chunk_span(x).rx;
+    code_chunk_free(x);
+    struct code_chunk *y = code_cache_alloc(cache, 1024);
+    cr_assert_not_null(y);
+    cr_assert_neq(code_chunk_span(y).rx, rx, "a function freed just before came back at once");
+    cr_assert_neq(y, x);
+    code_chunk_free(y);
+    code_cache_destroy(cache);
+}
+
+/* A kept chunk freed again: the same abort as any double free. */
+Test(tcache, freeing_a_kept_chunk_twice_aborts, .init = need_thread_caches, .signal = SIGABRT)
+{
+    struct code_cache *cache = dual_cache(4 * MIB, 0);
+    struct code_chunk *c = sealed_function(cache, 64, 1);
+    code_chunk_free(c);
+    code_chunk_free(c);
 }
 
 /* Stats: a kept chunk is neither in use nor a free span; it is free and ready. */
@@ -122,8 +151,9 @@ struct keeper {
     size_t size, count;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    int stage; /* 1: freed, kept; 2: may go on */
-    int after; /* errno of an allocation after stage 2, or 0 */
+    size_t churn; /* then allocates and frees one chunk this many times (from what it keeps) */
+    int stage;    /* 1: freed, kept; 2: may go on */
+    int after;    /* errno of an allocation after stage 2, or 0 */
 };
 
 /* Allocates `count` chunks (all of the cache if count is 0), frees them all (kept), and waits. */
@@ -143,6 +173,8 @@ static void *keeper_run(void *arg)
     for (size_t i = 0; i < n; i++)
         code_chunk_free(chunks[i]);
     free(chunks);
+    for (size_t i = 0; i < k->churn; i++)
+        code_chunk_free(code_cache_alloc(k->cache, k->size));
     pthread_mutex_lock(&k->lock);
     k->stage = 1;
     pthread_cond_broadcast(&k->cond);
@@ -231,18 +263,22 @@ Test(tcache, a_thread_that_exits_gives_its_chunks_back, .init = need_thread_cach
 {
     struct code_cache *cache = dual_cache(4 * MIB, 0);
     struct code_chunk *below = sealed_function(cache, 64, 1);
-    struct keeper k = {.cache = cache, .size = 64, .count = 100, .after = -1};
+    /* 1,100 kept, then 10 of them handed out again and freed: the thread allocated 1,110. */
+    struct keeper k = {.cache = cache, .size = 64, .count = 1100, .churn = 10, .after = -1};
     pthread_t t;
     keeper_start(&k, &t);
     struct code_chunk *above = sealed_function(cache, 64, 2);
     struct code_cache_stats st;
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.free_spans, 0);
-    cr_assert_eq(st.free_ready, 100 * 64);
+    cr_assert_eq(st.free_ready, 1100 * 64);
+    cr_assert_eq(st.chunks_allocated, 1 + 1110 + 1);
+    const size_t allocated = st.chunks_allocated;
     keeper_finish(&k, t);
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.free_spans, 1, "the exited thread's chunks are not back in the index");
-    cr_assert_eq(st.free_ready, 100 * 64);
+    cr_assert_eq(st.free_ready, 1100 * 64);
+    cr_assert_eq(st.chunks_allocated, allocated, "chunks_allocated went down at a thread's exit");
     code_chunk_free(below);
     code_chunk_free(above);
     code_cache_destroy(cache);
