@@ -74,14 +74,15 @@ struct tcache_slot {
     struct tcache *tc;
 };
 
-/* initial-exec: a load at a fixed offset from the thread pointer, not a call to __tls_get_addr
- * per lookup. 64 bytes, well within the static TLS glibc keeps for libraries loaded later
- * (dlopen), as jemalloc's own thread caches do. */
-static __thread
-    __attribute__((tls_model("initial-exec"))) struct tcache_slot tcache_slots[TCACHE_SLOTS];
+/* The default TLS model, not initial-exec: the static TLS glibc keeps for libraries loaded later
+ * (dlopen) is small, and a private jemalloc linked in (--with-private-jemalloc) takes nearly all
+ * of it for its own initial-exec state: 68 bytes more made dlopen fail with "cannot allocate
+ * memory in static TLS block" (tests/dlopen). A lookup in the shared library costs a call to
+ * __tls_get_addr. */
+static __thread struct tcache_slot tcache_slots[TCACHE_SLOTS];
 /* Frees left before this thread, whose slots were all taken, asks for one again. */
 #define TCACHE_NO_SLOT_FREES 1024
-static __thread __attribute__((tls_model("initial-exec"))) unsigned tcache_no_slot;
+static __thread unsigned tcache_no_slot;
 
 static pthread_mutex_t tcache_caches_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct code_cache *tcache_caches; /* caches with thread caches; under tcache_caches_lock */
