@@ -74,15 +74,20 @@ struct tcache_slot {
     struct tcache *tc;
 };
 
-/* The default TLS model, not initial-exec: the static TLS glibc keeps for libraries loaded later
- * (dlopen) is small, and a private jemalloc linked in (--with-private-jemalloc) takes nearly all
- * of it for its own initial-exec state: 68 bytes more made dlopen fail with "cannot allocate
- * memory in static TLS block" (tests/dlopen). A lookup in the shared library costs a call to
- * __tls_get_addr. */
-static __thread struct tcache_slot tcache_slots[TCACHE_SLOTS];
+/* initial-exec: a load at a fixed offset from the thread pointer, not a call to __tls_get_addr
+ * per lookup (which, besides, allocates the thread's block of the library at its first use).
+ * Not with a private jemalloc linked in (--with-private-jemalloc): its own initial-exec state
+ * takes nearly all of the static TLS glibc keeps for libraries loaded with dlopen, and 68 bytes
+ * more made dlopen fail with "cannot allocate memory in static TLS block" (tests/dlopen). */
+#ifdef CODE_CACHE_PRIVATE_JEMALLOC
+#define TCACHE_TLS __thread
+#else
+#define TCACHE_TLS __thread __attribute__((tls_model("initial-exec")))
+#endif
+static TCACHE_TLS struct tcache_slot tcache_slots[TCACHE_SLOTS];
 /* Frees left before this thread, whose slots were all taken, asks for one again. */
 #define TCACHE_NO_SLOT_FREES 1024
-static __thread unsigned tcache_no_slot;
+static TCACHE_TLS unsigned tcache_no_slot;
 
 static pthread_mutex_t tcache_caches_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct code_cache *tcache_caches; /* caches with thread caches; under tcache_caches_lock */
