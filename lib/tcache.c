@@ -52,7 +52,8 @@
  * lock, as before. */
 #define TCACHE_SLOTS 4
 
-/* A FIFO of kept chunks of one size: record id + 1, linked by fifo_next, oldest first. */
+/* A FIFO of kept chunks of one size: record id + 1, linked by fifo_next, oldest first. head is
+ * atomic (relaxed): the owner peeks at it outside tcache_enter while a taker may empty the bin. */
 struct tcache_bin {
     uint32_t head, tail;
     size_t count;
@@ -120,11 +121,27 @@ static inline void tcache_leave(struct tcache *tc)
     __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE);
 }
 
-/* The kept totals change by (granules, chunks); only the owner or a taker writes them. */
-static inline void tcache_count(struct tcache *tc, size_t granules, size_t chunks, bool kept)
+/* The kept totals, written only by the owner or by a taker while the owner is stopped. */
+static inline void tcache_count_kept(struct tcache *tc, size_t granules)
 {
-    tc->granules = kept ? tc->granules + granules : tc->granules - granules;
-    tc->chunks = kept ? tc->chunks + chunks : tc->chunks - chunks;
+    tc->granules += granules;
+    tc->chunks++;
+}
+
+static inline void tcache_count_taken(struct tcache *tc, size_t granules)
+{
+    tc->granules -= granules;
+    tc->chunks--;
+}
+
+static inline uint32_t tcache_bin_head(const struct tcache_bin *bin)
+{
+    return __atomic_load_n(&bin->head, __ATOMIC_RELAXED);
+}
+
+static inline void tcache_bin_set_head(struct tcache_bin *bin, uint32_t head)
+{
+    __atomic_store_n(&bin->head, head, __ATOMIC_RELAXED);
 }
 
 /* The oldest kept chunk of n granules, or NULL; with quarantined, only once TCACHE_QUARANTINE
@@ -133,17 +150,18 @@ static struct code_chunk *tcache_pop(struct code_cache *cache, struct tcache *tc
                                      bool quarantined)
 {
     struct tcache_bin *bin = &tc->bin[n];
-    if (bin->head == 0)
+    const uint32_t head = tcache_bin_head(bin);
+    if (head == 0)
         return NULL;
-    struct code_chunk *chunk = chunks_at(cache, bin->head - 1);
+    struct code_chunk *chunk = chunks_at(cache, head - 1);
     if (quarantined && tc->frees - chunk->kept_at < TCACHE_QUARANTINE)
         return NULL;
-    bin->head = chunk->fifo_next;
-    if (bin->head == 0)
+    tcache_bin_set_head(bin, chunk->fifo_next);
+    if (chunk->fifo_next == 0)
         bin->tail = 0;
     bin->count--;
     chunk->fifo_next = 0;
-    tcache_count(tc, n, 1, false);
+    tcache_count_taken(tc, n);
     return chunk;
 }
 
@@ -152,7 +170,9 @@ struct code_chunk *tcache_alloc(struct code_cache *cache, size_t n)
     if (n > TCACHE_CLASSES)
         return NULL;
     struct tcache *tc = tcache_mine(cache);
-    if (tc == NULL || !tcache_enter(cache, tc))
+    /* Nothing kept of this size (only the owner adds, so an empty bin stays empty meanwhile):
+     * the locked way, without the fence of tcache_enter. */
+    if (tc == NULL || tcache_bin_head(&tc->bin[n]) == 0 || !tcache_enter(cache, tc))
         return NULL;
     struct code_chunk *chunk = tcache_pop(cache, tc, n, true);
     if (chunk != NULL) {
@@ -219,10 +239,10 @@ bool tcache_free(struct code_chunk *chunk)
     if (bin->tail != 0)
         chunks_at(cache, bin->tail - 1)->fifo_next = chunk->id + 1;
     else
-        bin->head = chunk->id + 1;
+        tcache_bin_set_head(bin, chunk->id + 1);
     bin->tail = chunk->id + 1;
     bin->count++;
-    tcache_count(tc, n, 1, true);
+    tcache_count_kept(tc, n);
     const bool full = (tc->granules << shift) > TCACHE_MAX;
     tcache_leave(tc);
     if (full)
@@ -306,10 +326,15 @@ static struct code_cache *tcache_listed_cache(uint64_t serial)
     return NULL;
 }
 
-/* At thread exit: every kept chunk back to its cache, if the cache still exists. */
+/* At thread exit: every kept chunk back to its cache, if the cache still exists. The list's lock
+ * keeps code_cache_destroy out while the chunks go back; whole pages then go back to the system
+ * after it is dropped (exiting threads and first frees of new threads wait for that lock), the
+ * cache kept alive by in_flight, which destroy and reset wait out. */
 static void tcache_thread_exit(void *unused)
 {
     (void)unused;
+    struct code_cache *given_to[TCACHE_SLOTS];
+    unsigned caches = 0;
     pthread_mutex_lock(&tcache_caches_lock);
     for (unsigned i = 0; i < TCACHE_SLOTS; i++) {
         struct tcache_slot *slot = &tcache_slots[i];
@@ -326,12 +351,23 @@ static void tcache_thread_exit(void *unused)
                     break;
                 }
             meta_free(&cache->meta, slot->tc, sizeof *slot->tc);
-            space_release_if_due(cache);
+            cache->in_flight++;
+            given_to[caches++] = cache;
             cache_unlock(cache);
         }
         *slot = (struct tcache_slot){0, NULL};
     }
     pthread_mutex_unlock(&tcache_caches_lock);
+    for (unsigned i = 0; i < caches; i++) {
+        struct code_cache *cache = given_to[i];
+        /* Not cache_lock: a reset that began meanwhile waits for this thread (in_flight), and
+         * gives every page back itself. */
+        pthread_mutex_lock(&cache->lock);
+        if (!cache->resetting)
+            space_release_if_due(cache);
+        cache_end_outside(cache);
+        pthread_mutex_unlock(&cache->lock);
+    }
 }
 
 static void tcache_before_fork(void)

@@ -12,9 +12,11 @@
  *     caches all the time (lock-free readers next to the writers);
  *   - a lifecycle thread creates, uses, resets and destroys caches of its own;
  *   - method JITs: threads that make, run and free small unnamed functions one at a time on a
- *     shared dual cache of 2 MiB, which their thread caches (lib/tcache.c) fill: each hands kept
+ *     shared dual cache of 4 MiB, which their thread caches (lib/tcache.c) fill: each hands kept
  *     chunks out again to itself, and takes the others' back when the cache is full (ENOSPC),
- *     while short-lived threads do the same and exit (giving theirs back);
+ *     while short-lived threads do the same and exit (giving theirs back), and a burster makes
+ *     2.1 MiB of 1 KiB functions and frees them all, beyond what a thread keeps (its oldest half
+ *     goes back to the cache under the lock: tcache_flush);
  *   - the misuse the API promises to survive: one thread allocates on a cache R, writes a
  *     function, then asks for a veneer and seals while another thread resets R. The seal returns 0
  *     or EPERM, the veneer a target or EPERM, never anything else, and R is empty and consistent
@@ -49,8 +51,8 @@ static atomic_bool stop;
 static struct code_cache *shared[2]; /* mprotect, dual */
 static int (*far)(int);
 
-static struct code_cache *methods; /* dual, 2 MiB: the thread caches' workload */
-static atomic_ullong n_method, n_method_full, n_method_threads;
+static struct code_cache *methods; /* dual, 4 MiB: the thread caches' workload */
+static atomic_ullong n_method, n_method_full, n_method_threads, n_bursts;
 static atomic_ullong n_alloc, n_seal, n_run, n_patch, n_find, n_free, n_handover, n_lifecycle,
     n_race_seal_ok, n_race_seal_eperm, n_race_veneer_eperm, n_resets, n_enospc;
 
@@ -217,15 +219,18 @@ static void *finder(void *arg)
     (void)arg;
     uint64_t rng = 42;
     while (!atomic_load(&stop)) {
-        for (int k = 0; k < 2; k++) {
+        /* The methods cache too: its statistics stop the thread caches' fast paths. */
+        struct code_cache *const readers[3] = {shared[0], shared[1], methods};
+        for (int k = 0; k < 3; k++) {
             struct code_cache_stats st;
-            code_cache_get_stats(shared[k], &st);
-            if (st.in_use > st.reserved || st.committed < st.in_use)
+            code_cache_get_stats(readers[k], &st);
+            if (st.in_use > st.reserved || st.committed < st.in_use ||
+                st.in_use + st.free > st.reserved)
                 fail("inconsistent statistics under load");
             for (int i = 0; i < 64; i++) {
                 const void *addr = (const void *)(st.base + next_random(&rng) % st.reserved);
-                (void)code_cache_find(shared[k], addr);
-                (void)code_cache_reaches(shared[k], addr);
+                (void)code_cache_find(readers[k], addr);
+                (void)code_cache_reaches(readers[k], addr);
                 n_find++;
             }
         }
@@ -397,6 +402,41 @@ static void *method_short(void *arg)
     return NULL;
 }
 
+/* 2.1 MiB of 1 KiB functions made, then all freed: a thread keeps at most 2 MiB, so the free of
+ * the last ones gives the oldest half back under the lock (tcache_flush), next to the method
+ * JITs' fast paths, their ENOSPC drains and the finder's statistics. */
+#define BURST_FUNCTIONS 2150
+static void *method_burster(void *arg)
+{
+    (void)arg;
+    static struct code_chunk *burst[BURST_FUNCTIONS];
+    uint64_t rng = 99;
+    while (!atomic_load(&stop)) {
+        size_t made = 0;
+        while (made < BURST_FUNCTIONS && !atomic_load(&stop)) {
+            struct code_chunk *c = code_cache_alloc(methods, 1024);
+            if (c == NULL) {
+                if (errno != ENOSPC)
+                    fail("burst alloc: %s", strerror(errno));
+                n_method_full++;
+                break;
+            }
+            struct code_span s = code_chunk_alloc(c, JIT_RETURN_SIZE, 8);
+            int value = (int)(next_random(&rng) % 100000);
+            if (s.rw == NULL)
+                fail("burst code_chunk_alloc: %s", strerror(errno));
+            jit_return(s.rw, JIT_RETURN_SIZE, value);
+            if (code_chunk_seal(c) != 0 || ((int (*)(void))s.rx)() != value)
+                fail("a burst function did not return its value");
+            burst[made++] = c;
+        }
+        while (made > 0)
+            code_chunk_free(burst[--made]);
+        n_bursts++;
+    }
+    return NULL;
+}
+
 /* Short-lived method JITs, one after the other: each exits with chunks kept. */
 static void *method_spawner(void *arg)
 {
@@ -440,13 +480,13 @@ int main(int argc, char **argv)
     o.size = 1 << 20;
     o.flags = 0;
     racing = code_cache_create(&o);
-    o.size = 2 << 20;
+    o.size = 4 << 20;
     o.flags = CODE_CACHE_DUAL_MAP;
     methods = code_cache_create(&o);
     if (shared[0] == NULL || shared[1] == NULL || racing == NULL || methods == NULL)
         fail("code_cache_create: %s", strerror(errno));
 
-    pthread_t threads[WORKERS + 7];
+    pthread_t threads[WORKERS + 8];
     unsigned n = 0;
     for (uintptr_t i = 0; i < WORKERS; i++)
         pthread_create(&threads[n++], NULL, worker, (void *)(i + 1));
@@ -457,6 +497,7 @@ int main(int argc, char **argv)
     pthread_create(&threads[n++], NULL, method_jit, (void *)1);
     pthread_create(&threads[n++], NULL, method_jit, (void *)2);
     pthread_create(&threads[n++], NULL, method_spawner, NULL);
+    pthread_create(&threads[n++], NULL, method_burster, NULL);
 
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -494,9 +535,11 @@ int main(int argc, char **argv)
     printf("tsan_stress: %u threads for %.0f s: %llu allocs, %llu seals, %llu runs, %llu patches, "
            "%llu finds, %llu frees, %llu hand-overs, %llu ENOSPC, %llu caches created and "
            "destroyed, %llu resets; seal racing reset: %llu sealed, %llu EPERM; veneer racing "
-           "reset: %llu EPERM; methods: %llu made, %llu ENOSPC, %llu short-lived threads\n",
+           "reset: %llu EPERM; methods: %llu made, %llu ENOSPC, %llu short-lived threads, %llu "
+           "bursts of "
+           "2.1 MiB\n",
            n, seconds, n_alloc, n_seal, n_run, n_patch, n_find, n_free, n_handover, n_enospc,
            n_lifecycle, n_resets, n_race_seal_ok, n_race_seal_eperm, n_race_veneer_eperm, n_method,
-           n_method_full, n_method_threads);
+           n_method_full, n_method_threads, n_bursts);
     return 0;
 }
