@@ -284,6 +284,36 @@ Test(tcache, a_thread_that_exits_gives_its_chunks_back, .init = need_thread_cach
     code_cache_destroy(cache);
 }
 
+/* Exits give whole pages back to the system in the cache's batches: three threads keep 1,900 KiB
+ * each (under the 2 MiB a thread keeps); once the third has exited, more than 4 MiB are ready in
+ * the index, and everything beyond the last megabyte freed (the quarantine) goes back. */
+Test(tcache, thread_exits_give_pages_back_in_batches, .init = need_thread_caches)
+{
+    struct code_cache *cache = dual_cache(16 * MIB, 0);
+    enum { KEEPERS = 3, EACH = 1900 };
+    struct keeper k[KEEPERS];
+    pthread_t t[KEEPERS];
+    for (int i = 0; i < KEEPERS; i++) {
+        k[i] = (struct keeper){.cache = cache, .size = 1024, .count = EACH, .after = -1};
+        keeper_start(&k[i], &t[i]);
+    }
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_ready, (size_t)KEEPERS * EACH * 1024);
+    const size_t committed = st.committed;
+    keeper_finish(&k[0], t[0]);
+    keeper_finish(&k[1], t[1]);
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.committed, committed, "given back before 4 MiB were ready");
+    keeper_finish(&k[2], t[2]);
+    code_cache_get_stats(cache, &st);
+    cr_assert_leq(st.free_ready, MIB + 4096, "%zu bytes still ready after the exits",
+                  st.free_ready);
+    cr_assert_geq(st.free_ready, MIB, "the last megabyte freed was given back");
+    cr_assert_leq(st.committed, committed - (size_t)KEEPERS * EACH * 1024 + MIB + 4096);
+    code_cache_destroy(cache);
+}
+
 /* The cache is destroyed while another thread keeps chunks of it; then that thread exits. Under
  * valgrind or ASan, a thread that touched the destroyed cache's memory on its way out fails
  * here. */
