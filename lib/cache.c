@@ -85,6 +85,8 @@ static int cache_find_object(const void *near, uintptr_t *lo, uintptr_t *hi)
  */
 static bool cache_exec_allowed;
 
+static void caches_add(struct code_cache *cache);
+
 static int cache_probe_exec(struct code_cache *cache)
 {
     if (__atomic_load_n(&cache_exec_allowed, __ATOMIC_RELAXED))
@@ -194,6 +196,7 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
     pthread_mutex_init(&cache->lock, NULL);
     pthread_cond_init(&cache->idle, NULL);
     debuginfo_create(cache);
+    caches_add(cache);
     debug_log("create: %s cache at [%#lx, %#lx), %zu granules of %zu bytes", cache->wx->name,
               (unsigned long)cache->base, (unsigned long)(cache->base + size), cache->ngranules,
               cache_granule(cache));
@@ -246,13 +249,111 @@ void cache_unlock(struct code_cache *cache)
     pthread_mutex_unlock(&cache->lock);
 }
 
+/* ---- The process's caches, and fork() ----
+ *
+ * A fork()ed child has one thread, the one that called fork(), and a copy of every lock and count
+ * as the other threads left them: a cache's lock another thread held, threads counted as working
+ * outside it (in_flight, committing), a reset waiting, thread caches marked busy. Any of them
+ * would make a call in the child (stats, free, destroy) wait forever for threads that do not
+ * exist there. So fork() waits until it holds every cache's lock, which no thread holds for long
+ * (never across a system call, but in a reset), and the child clears what the missing threads
+ * had counted. The list is also how a thread that exits knows whether a cache it kept chunks of
+ * still exists (tcache.c).
+ */
+static pthread_mutex_t caches_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct code_cache *caches; /* under caches_lock */
+static pthread_once_t caches_once = PTHREAD_ONCE_INIT;
+
+void caches_lock_list(void)
+{
+    pthread_mutex_lock(&caches_lock);
+}
+
+void caches_unlock_list(void)
+{
+    pthread_mutex_unlock(&caches_lock);
+}
+
+struct code_cache *caches_find(uint64_t serial)
+{
+    for (struct code_cache *c = caches; c != NULL; c = c->next_cache)
+        if (c->serial == serial)
+            return c;
+    return NULL;
+}
+
+/* The list's lock first, as everywhere; then each cache's, then its harden_lock (taken inside the
+ * cache's lock by a free, so in that order). */
+static void caches_before_fork(void)
+{
+    pthread_mutex_lock(&caches_lock);
+    for (struct code_cache *c = caches; c != NULL; c = c->next_cache) {
+        pthread_mutex_lock(&c->lock);
+        if (c->harden)
+            pthread_mutex_lock(&c->harden_lock);
+    }
+}
+
+static void caches_after_fork_parent(void)
+{
+    for (struct code_cache *c = caches; c != NULL; c = c->next_cache) {
+        if (c->harden)
+            pthread_mutex_unlock(&c->harden_lock);
+        pthread_mutex_unlock(&c->lock);
+    }
+    pthread_mutex_unlock(&caches_lock);
+}
+
+static void caches_after_fork_child(void)
+{
+    for (struct code_cache *c = caches; c != NULL; c = c->next_cache) {
+        c->in_flight = 0;
+        c->committing = false;
+        c->resetting = false;
+        tcache_after_fork_child(c);
+        chunks_after_fork_child(c);
+        /* Waiters the parent had are not here; glibc's broadcast could wait for them to leave. */
+        pthread_cond_init(&c->idle, NULL);
+        if (c->harden)
+            pthread_mutex_unlock(&c->harden_lock);
+        pthread_mutex_unlock(&c->lock);
+    }
+    pthread_mutex_unlock(&caches_lock);
+}
+
+static void caches_register_atfork(void)
+{
+    pthread_atfork(caches_before_fork, caches_after_fork_parent, caches_after_fork_child);
+}
+
+static void caches_add(struct code_cache *cache)
+{
+    pthread_once(&caches_once, caches_register_atfork);
+    pthread_mutex_lock(&caches_lock);
+    cache->next_cache = caches;
+    caches = cache;
+    pthread_mutex_unlock(&caches_lock);
+}
+
+static void caches_remove(struct code_cache *cache)
+{
+    pthread_mutex_lock(&caches_lock);
+    for (struct code_cache **p = &caches; *p != NULL; p = &(*p)->next_cache)
+        if (*p == cache) {
+            *p = cache->next_cache;
+            break;
+        }
+    pthread_mutex_unlock(&caches_lock);
+}
+
 static void cache_freeze_chunks(struct code_cache *cache);
 
 void code_cache_destroy(struct code_cache *cache)
 {
     if (cache == NULL)
         return;
-    /* Threads that exit from now on leave the cache alone. */
+    /* Threads that exit from now on leave the cache alone, and fork() no longer waits for it. */
+    caches_remove(cache);
     tcache_forget(cache);
     /* A free still finishing in another thread touches the cache once more, and a seal in
      * progress its chunk: let them. */

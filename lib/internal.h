@@ -144,13 +144,14 @@ struct code_cache {
     /* Updated atomically, from outside the lock. */
     size_t protection_changes, system_calls;
 
+    /* The process's caches (cache.c: fork, and thread exits), under caches_lock_list. */
+    struct code_cache *next_cache;
+
     /* Thread caches of freed small chunks (tcache.c). */
-    uint64_t serial;                      /* unique in the process, never 0 */
-    bool tcache_on;                       /* the backend's free is stores alone */
-    bool tcache_listed;                   /* in tcache.c's process-wide list (its lock) */
-    struct code_cache *tcache_next_cache; /* that list */
-    unsigned tcache_stopped;              /* atomic: fast paths take the lock instead */
-    struct tcache *tcaches;               /* under the lock */
+    uint64_t serial;         /* unique in the process, never 0 */
+    bool tcache_on;          /* the backend's free is stores alone */
+    unsigned tcache_stopped; /* atomic: fast paths take the lock instead */
+    struct tcache *tcaches;  /* under the lock */
 };
 
 static inline size_t cache_granule(const struct code_cache *cache)
@@ -221,6 +222,8 @@ void chunks_unused(struct code_cache *cache, struct code_chunk *chunk); /* undo 
 void chunks_open(struct code_cache *cache, struct code_chunk *chunk, size_t first, size_t granules);
 void chunks_retire(struct code_cache *cache, struct code_chunk *chunk); /* -> FREED, FIFO */
 void chunks_release_all(struct code_cache *cache); /* destroy: every record's memory */
+/* A fork()ed child: seals that other threads had in progress never finish there. */
+void chunks_after_fork_child(struct code_cache *cache);
 
 /* cache.c: the lock. */
 /* Takes the lock once no reset is in progress. */
@@ -228,6 +231,11 @@ void cache_lock(struct code_cache *cache);
 void cache_unlock(struct code_cache *cache);
 /* A thread that worked outside the lock (in_flight) is done; caller holds the lock. */
 void cache_end_outside(struct code_cache *cache);
+/* The process's caches: the list's lock, and the cache with a serial number while it is held
+ * (NULL once destroyed). fork() takes it, then every cache's lock. */
+void caches_lock_list(void);
+void caches_unlock_list(void);
+struct code_cache *caches_find(uint64_t serial);
 
 /* space.c: the free space, from which code_cache_alloc takes chunks. */
 /* A FREED chunk whose span is scrubbed (kept by a thread cache until now): the span back to the

@@ -19,10 +19,12 @@
  * whose reuse comes back from beyond the processor's L2 cache: bench/dual's 64-byte FIFO took
  * 215 ns with a megabyte and 150 ns with 1,024 functions (medians of 11, interleaved,
  * 2026-12-02). 1,024 functions of at most 1 KiB are at most a megabyte. Beyond TCACHE_MAX the
- * oldest half of every class goes back to the cache's index (one lock for thousands of frees),
- * where space.c gives whole pages back to the system in its batches. A thread's cache is also
- * given back when the thread exits, and when an allocation would fail with ENOSPC; a reset takes
- * every thread's chunks first.
+ * oldest chunks, whatever their size, go back to the cache's index until half of it is left (one
+ * lock for thousands of frees), where space.c gives whole pages back to the system in its
+ * batches: only chunks past their quarantine, since the index hands spans out again at once, and
+ * there are always enough of them (the last 1,024 frees are at most a megabyte). A thread's cache
+ * is also given back when the thread exits, and when an allocation would fail with ENOSPC; a reset
+ * takes every thread's chunks first.
  *
  * Against other threads. The owner works between tcache_enter and tcache_leave: a flag of its own
  * (busy), set with a sequentially consistent store, then the cache's tcache_stopped read. A
@@ -35,8 +37,8 @@
  * Lifetime. A cache has a serial number, unique in the process; a thread finds its cache for it
  * by that number in TCACHE_SLOTS slots of thread-local storage (no system call, no lock). A thread
  * cache is allocated in the cache's arena and dies with it: a slot whose serial is no longer in
- * the process-wide list of caches (tcache_caches) is free again. The list, under its own lock,
- * is what a thread that exits consults before it gives its chunks back (pthread key destructor);
+ * the process's list of caches (cache.c) is free again. The list, under its own lock, is what a
+ * thread that exits consults before it gives its chunks back (pthread key destructor);
  * code_cache_destroy takes its cache off the list first.
  */
 #define _GNU_SOURCE
@@ -90,9 +92,7 @@ static TCACHE_TLS struct tcache_slot tcache_slots[TCACHE_SLOTS];
 #define TCACHE_NO_SLOT_FREES 1024
 static TCACHE_TLS unsigned tcache_no_slot;
 
-static pthread_mutex_t tcache_caches_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct code_cache *tcache_caches; /* caches with thread caches; under tcache_caches_lock */
-static uint64_t tcache_serials;          /* atomic */
+static uint64_t tcache_serials; /* atomic */
 static pthread_once_t tcache_once = PTHREAD_ONCE_INIT;
 static pthread_key_t tcache_key;
 static bool tcache_key_made;
@@ -272,13 +272,31 @@ static size_t tcache_give_back_all(struct code_cache *cache, struct tcache *tc)
     return granules;
 }
 
-/* The owner, past TCACHE_MAX: the oldest half of every class. Holding the lock keeps takers out
- * (they hold it too), and the owner is this thread. */
+/* The owner, past TCACHE_MAX: the oldest chunks of all sizes, down to half of it. Not "the oldest
+ * half of every size": in a size with few chunks that would give back one freed a moment ago,
+ * which the index may hand out again at once (the lowest freed span that fits). Holding the lock
+ * keeps takers out (they hold it too), and the owner is this thread. */
 static void tcache_flush(struct code_cache *cache, struct tcache *tc)
 {
+    const unsigned shift = cache->granule_shift;
     cache_lock(cache);
-    for (size_t n = 1; n <= TCACHE_CLASSES; n++)
-        tcache_give_back(cache, tc, n, (tc->bin[n].count + 1) / 2);
+    while ((tc->granules << shift) > TCACHE_MAX / 2) {
+        /* Each size's FIFO is in order of its stamps: the oldest is one of the heads. */
+        size_t oldest = 0;
+        uint32_t age = 0;
+        for (size_t n = 1; n <= TCACHE_CLASSES; n++) {
+            const uint32_t head = tcache_bin_head(&tc->bin[n]);
+            if (head != 0 && tc->frees - chunks_at(cache, head - 1)->kept_at >= age) {
+                age = tc->frees - chunks_at(cache, head - 1)->kept_at;
+                oldest = n;
+            }
+        }
+        /* Past its quarantine, as every chunk beyond the last megabyte of frees is. */
+        struct code_chunk *chunk = oldest != 0 ? tcache_pop(cache, tc, oldest, true) : NULL;
+        if (chunk == NULL)
+            break;
+        space_put_back(cache, chunk);
+    }
     space_release_if_due(cache);
     cache_unlock(cache);
 }
@@ -317,15 +335,6 @@ void tcache_totals(const struct code_cache *cache, struct tcache_totals *out)
 
 /* ---- Lifetime ---- */
 
-/* The cache with this serial, if it still exists. Under tcache_caches_lock. */
-static struct code_cache *tcache_listed_cache(uint64_t serial)
-{
-    for (struct code_cache *c = tcache_caches; c != NULL; c = c->tcache_next_cache)
-        if (c->serial == serial)
-            return c;
-    return NULL;
-}
-
 /* At thread exit: every kept chunk back to its cache, if the cache still exists. The list's lock
  * keeps code_cache_destroy out while the chunks go back; whole pages then go back to the system
  * after it is dropped (exiting threads and first frees of new threads wait for that lock), the
@@ -335,10 +344,10 @@ static void tcache_thread_exit(void *unused)
     (void)unused;
     struct code_cache *given_to[TCACHE_SLOTS];
     unsigned caches = 0;
-    pthread_mutex_lock(&tcache_caches_lock);
+    caches_lock_list();
     for (unsigned i = 0; i < TCACHE_SLOTS; i++) {
         struct tcache_slot *slot = &tcache_slots[i];
-        struct code_cache *cache = slot->serial ? tcache_listed_cache(slot->serial) : NULL;
+        struct code_cache *cache = slot->serial ? caches_find(slot->serial) : NULL;
         /* A fork()ed child's copy of a parent's cache is frozen: nothing goes back. */
         if (cache != NULL && !wx_forked(cache)) {
             cache_lock(cache);
@@ -357,7 +366,7 @@ static void tcache_thread_exit(void *unused)
         }
         *slot = (struct tcache_slot){0, NULL};
     }
-    pthread_mutex_unlock(&tcache_caches_lock);
+    caches_unlock_list();
     for (unsigned i = 0; i < caches; i++) {
         struct code_cache *cache = given_to[i];
         /* Not cache_lock: a reset that began meanwhile waits for this thread (in_flight), and
@@ -370,21 +379,10 @@ static void tcache_thread_exit(void *unused)
     }
 }
 
-static void tcache_before_fork(void)
-{
-    pthread_mutex_lock(&tcache_caches_lock);
-}
-
-static void tcache_after_fork(void)
-{
-    pthread_mutex_unlock(&tcache_caches_lock);
-}
-
 static void tcache_setup(void)
 {
     /* The key's value is only a mark: its destructor runs for threads that set it. */
     tcache_key_made = pthread_key_create(&tcache_key, tcache_thread_exit) == 0;
-    pthread_atfork(tcache_before_fork, tcache_after_fork, tcache_after_fork);
 }
 
 /* dlclose: no destructor may point into the unloaded library. */
@@ -408,10 +406,10 @@ static struct tcache *tcache_create(struct code_cache *cache)
     if (!__atomic_load_n(&tcache_key_made, __ATOMIC_ACQUIRE))
         return NULL;
     struct tcache *tc = NULL;
-    pthread_mutex_lock(&tcache_caches_lock);
+    caches_lock_list();
     struct tcache_slot *slot = NULL;
     for (unsigned i = 0; i < TCACHE_SLOTS && slot == NULL; i++)
-        if (tcache_slots[i].serial == 0 || tcache_listed_cache(tcache_slots[i].serial) == NULL)
+        if (tcache_slots[i].serial == 0 || caches_find(tcache_slots[i].serial) == NULL)
             slot = &tcache_slots[i];
     if (slot != NULL && pthread_setspecific(tcache_key, tcache_slots) == 0) {
         cache_lock(cache);
@@ -420,16 +418,11 @@ static struct tcache *tcache_create(struct code_cache *cache)
             tc->cache = cache;
             tc->next = cache->tcaches;
             cache->tcaches = tc;
-            if (!cache->tcache_listed) {
-                cache->tcache_next_cache = tcache_caches;
-                tcache_caches = cache;
-                cache->tcache_listed = true;
-            }
             *slot = (struct tcache_slot){cache->serial, tc};
         }
         cache_unlock(cache);
     }
-    pthread_mutex_unlock(&tcache_caches_lock);
+    caches_unlock_list();
     /* Every slot names a live cache: the next frees into other caches go the locked way without
      * asking the process-wide lock again each time. */
     if (slot == NULL)
@@ -439,15 +432,6 @@ static struct tcache *tcache_create(struct code_cache *cache)
 
 void tcache_forget(struct code_cache *cache)
 {
-    if (!cache->tcache_listed)
-        return;
-    pthread_mutex_lock(&tcache_caches_lock);
-    for (struct code_cache **p = &tcache_caches; *p != NULL; p = &(*p)->tcache_next_cache)
-        if (*p == cache) {
-            *p = cache->tcache_next_cache;
-            break;
-        }
-    pthread_mutex_unlock(&tcache_caches_lock);
     /* No thread looks at them any more: their slots name a serial that is no longer listed.
      * Freed one by one, as every block of the arena is (valgrind knows each as a block). */
     while (cache->tcaches != NULL) {
@@ -455,4 +439,11 @@ void tcache_forget(struct code_cache *cache)
         cache->tcaches = tc->next;
         meta_free(&cache->meta, tc, sizeof *tc);
     }
+}
+
+void tcache_after_fork_child(struct code_cache *cache)
+{
+    cache->tcache_stopped = 0;
+    for (struct tcache *tc = cache->tcaches; tc != NULL; tc = tc->next)
+        tc->busy = 0;
 }

@@ -17,9 +17,11 @@ struct code_chunk;
 
 /* code_cache_create: whether this cache's small frees may go to thread caches. */
 void tcache_init(struct code_cache *cache);
-/* code_cache_destroy, before the cache's memory goes: threads that exit later leave it alone, and
- * the thread caches' memory is freed. */
+/* code_cache_destroy, once the cache is off the process's list (threads that exit later leave it
+ * alone): the thread caches' memory is freed. */
 void tcache_forget(struct code_cache *cache);
+/* In a fork()ed child, which has one thread: no other thread is inside a fast path. */
+void tcache_after_fork_child(struct code_cache *cache);
 
 /* code_cache_alloc without the lock: an OPEN chunk of n granules that this thread freed, once
  * enough wait (the quarantine), or NULL: the caller takes the lock. */

@@ -12,7 +12,9 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -241,6 +243,97 @@ Test(fork, the_child_runs_sealed_code_and_never_writes_to_the_parents)
     scene_init(&s);
     in_child(child_uses_the_cache, &s);
     scene_check_parent(&s);
+}
+
+/* Threads at work while the test forks: one function at a time, allocated, sealed, run and freed
+ * (with the dual backend through the thread's cache, without the lock); the same with a name
+ * (the locked way); and short-lived threads that exit with chunks kept. */
+struct busy {
+    struct code_cache *cache;
+    atomic_bool stop;
+};
+
+static void busy_functions(struct busy *b, bool named, unsigned count)
+{
+    for (unsigned i = 0; i < count && !atomic_load(&b->stop); i++) {
+        struct code_chunk *c = code_cache_alloc(b->cache, 64);
+        if (c == NULL)
+            continue;
+        jit_fn fn = try_emit_return(c, 5);
+        if (fn != NULL && named)
+            code_chunk_name(c, (const void *)fn, 6, "busy");
+        if (fn != NULL && code_chunk_seal(c) == 0)
+            (void)fn();
+        code_chunk_free(c);
+    }
+}
+
+static void *busy_unnamed(void *arg)
+{
+    while (!atomic_load(&((struct busy *)arg)->stop))
+        busy_functions(arg, false, 1000);
+    return NULL;
+}
+
+static void *busy_named(void *arg)
+{
+    while (!atomic_load(&((struct busy *)arg)->stop))
+        busy_functions(arg, true, 1000);
+    return NULL;
+}
+
+static void *busy_short_lived(void *arg)
+{
+    busy_functions(arg, false, 50);
+    return NULL;
+}
+
+static void *busy_spawner(void *arg)
+{
+    struct busy *b = arg;
+    while (!atomic_load(&b->stop)) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, busy_short_lived, b) == 0)
+            pthread_join(t, NULL);
+    }
+    return NULL;
+}
+
+/* The child has none of those threads: whatever they were doing at the fork (holding the cache's
+ * lock, working outside it, inside a thread cache's fast path, exiting), it must not wait for
+ * them. Its alarm ends a child that waits. */
+static void child_does_not_wait(void *arg)
+{
+    struct busy *b = arg;
+    alarm(test_under_valgrind() ? 120 : 10);
+    struct code_cache_stats st;
+    code_cache_get_stats(b->cache, &st);
+    child_check(st.reserved > 0, "no statistics");
+    struct code_chunk *c = code_cache_alloc(b->cache, 64);
+    child_check(c == NULL || !test_cache_is_dual(b->cache), "a dual cache allocated in a child");
+    code_chunk_free(c);
+    code_cache_destroy(b->cache);
+}
+
+Test(fork, a_child_forked_while_threads_work_does_not_wait_for_them)
+{
+    if (test_dual() && !dontfork_honoured())
+        cr_skip_test("MADV_DONTFORK is not honoured here (qemu-user)");
+    struct busy b = {.cache = test_cache_near_helper(4 << 20)};
+    pthread_t threads[3];
+    cr_assert_eq(pthread_create(&threads[0], NULL, busy_unnamed, &b), 0);
+    cr_assert_eq(pthread_create(&threads[1], NULL, busy_named, &b), 0);
+    cr_assert_eq(pthread_create(&threads[2], NULL, busy_spawner, &b), 0);
+    usleep(100 * 1000);
+    const int forks = test_under_valgrind() ? 6 : 24;
+    for (int i = 0; i < forks; i++) {
+        in_child(child_does_not_wait, &b);
+        usleep(1000 * (unsigned)(i % 7));
+    }
+    atomic_store(&b.stop, true);
+    for (int i = 0; i < 3; i++)
+        pthread_join(threads[i], NULL);
+    code_cache_destroy(b.cache);
 }
 
 static void write_through(void *rw)

@@ -284,6 +284,42 @@ Test(tcache, a_thread_that_exits_gives_its_chunks_back, .init = need_thread_cach
     code_cache_destroy(cache);
 }
 
+/* The 2 MiB flush gives back only chunks past their quarantine. A 1 KiB chunk X at the lowest
+ * address is freed after 32,000 small ones, alone of its size; the flush comes 753 frees later.
+ * Given back then (as "the oldest half of each size" did), X would be the lowest freed span that
+ * fits, and the next 1 KiB allocation would take it 800 frees after X was freed. */
+Test(tcache, the_flush_keeps_the_quarantine, .init = need_thread_caches)
+{
+    struct code_cache *cache = dual_cache(64 * MIB, 0);
+    struct code_chunk *x = code_cache_alloc(cache, 1024);
+    cr_assert_not_null(x);
+    const uintptr_t x_rx = (uintptr_t)code_chunk_span(x).rx;
+    /* Every other one freed: the freed spans stay apart, hundreds of them (crowded). */
+    enum { SMALL = 32000 + 800 };
+    struct code_chunk **small = calloc(2 * SMALL, sizeof *small);
+    cr_assert_not_null(small);
+    for (size_t i = 0; i < 2 * SMALL; i++)
+        cr_assert_not_null(small[i] = code_cache_alloc(cache, 64));
+    for (size_t i = 0; i < 32000; i++)
+        code_chunk_free(small[2 * i]);
+    code_chunk_free(x);
+    for (size_t i = 32000; i < SMALL; i++)
+        code_chunk_free(small[2 * i]);
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    cr_assert_geq(st.free_spans, 512, "the flush gave back the oldest small chunks (%zu spans)",
+                  st.free_spans);
+    struct code_chunk *c = code_cache_alloc(cache, 1024);
+    cr_assert_not_null(c);
+    cr_assert_neq((uintptr_t)code_chunk_span(c).rx, x_rx,
+                  "a chunk freed 800 frees ago was handed out again");
+    code_chunk_free(c);
+    for (size_t i = 0; i < SMALL; i++)
+        code_chunk_free(small[2 * i + 1]);
+    free(small);
+    code_cache_destroy(cache);
+}
+
 /* Exits give whole pages back to the system in the cache's batches: three threads keep 1,900 KiB
  * each (under the 2 MiB a thread keeps); once the third has exited, more than 4 MiB are ready in
  * the index, and everything beyond the last megabyte freed (the quarantine) goes back. */
