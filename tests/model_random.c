@@ -19,6 +19,18 @@
 #include "model.h"
 
 static uint64_t total_ops, total_calls;
+static struct model_tcache_counts total_tcache;
+
+static void count_tcache(const struct model *m)
+{
+    struct model_tcache_counts t;
+    model_tcache_counts(m, &t);
+    total_tcache.kept += t.kept;
+    total_tcache.handed_out += t.handed_out;
+    total_tcache.given_back_full += t.given_back_full;
+    total_tcache.given_back_no_room += t.given_back_no_room;
+    total_tcache.given_back_reset += t.given_back_reset;
+}
 
 static void run_bytes(const uint8_t *data, size_t len, unsigned max_ops)
 {
@@ -30,6 +42,7 @@ static void run_bytes(const uint8_t *data, size_t len, unsigned max_ops)
     model_exercise(m);
     total_ops += n;
     total_calls += model_calls(m);
+    count_tcache(m);
     model_end(m);
 }
 
@@ -43,6 +56,7 @@ static void run_seed(uint64_t seed, unsigned ops)
     model_exercise(m);
     total_ops += ops;
     total_calls += model_calls(m);
+    count_tcache(m);
     model_end(m);
 }
 
@@ -108,5 +122,12 @@ int main(int argc, char **argv)
     }
     printf("model_random: %llu operations, %llu library calls, every one checked\n",
            (unsigned long long)total_ops, (unsigned long long)total_calls);
+    printf("model_random: thread caches: %llu frees kept, %llu kept chunks handed out again, "
+           "given back %llu past 2 MiB kept, %llu when an allocation found no room, %llu at "
+           "resets\n",
+           (unsigned long long)total_tcache.kept, (unsigned long long)total_tcache.handed_out,
+           (unsigned long long)total_tcache.given_back_full,
+           (unsigned long long)total_tcache.given_back_no_room,
+           (unsigned long long)total_tcache.given_back_reset);
     return 0;
 }

@@ -289,16 +289,17 @@ static unsigned char *chunk_rw(const struct mchunk *ch)
 
 /* ---- Stale handles ---- */
 
-static void stale_add(struct model *m, struct mchunk *ch)
+static void stale_add(struct model *m, struct mcache *c, struct code_chunk *h, size_t off,
+                      size_t size, bool kept)
 {
-    struct mcache *c = ch->cache;
     if (m->nstale < MODEL_MAX_STALE)
-        m->stale[m->nstale++] = (struct mstale){.h = ch->h,
+        m->stale[m->nstale++] = (struct mstale){.h = h,
                                                 .cache = c,
-                                                .off = ch->off,
-                                                .size = ch->size,
+                                                .off = off,
+                                                .size = size,
                                                 .ahead = c->fifo_count,
-                                                .pops_at = c->pops};
+                                                .pops_at = c->pops,
+                                                .kept = kept};
 }
 
 static void stale_drop_cache(struct model *m, const struct mcache *c)
@@ -316,7 +317,7 @@ static void stale_prune(struct model *m)
     unsigned j = 0;
     for (unsigned i = 0; i < m->nstale; i++) {
         const struct mstale *s = &m->stale[i];
-        if (s->cache->pops - s->pops_at <= s->ahead)
+        if (s->kept || s->cache->pops - s->pops_at <= s->ahead)
             m->stale[j++] = m->stale[i];
     }
     m->nstale = j;
@@ -328,6 +329,171 @@ static void chunk_release(struct mcache *c, unsigned index)
     free(ch->shadow);
     free(ch);
     c->chunk[index] = c->chunk[--c->nchunks];
+}
+
+/* ---- The thread cache of the model's thread ---- */
+
+/* Whether thread caches work in this process (they are off where instruction fetch does not see
+ * the RW view: lib/tcache.c). Asked of the library: a dual cache hands out A, then B above it,
+ * and A is freed; in the index A's span is a freed span (stats.free_spans 1), kept by a thread
+ * cache it is not (0). */
+static bool model_tcache_works(void)
+{
+    static int works = -1;
+    if (works >= 0)
+        return works != 0;
+    struct code_cache_options o = {.size = 65536, .flags = CODE_CACHE_DUAL_MAP};
+    struct code_cache *c = code_cache_create(&o);
+    works = 0;
+    if (c != NULL) {
+        struct code_chunk *a = code_cache_alloc(c, 64), *b = code_cache_alloc(c, 64);
+        code_chunk_free(a);
+        struct code_cache_stats st;
+        code_cache_get_stats(c, &st);
+        works = a != NULL && b != NULL && st.free_spans == 0;
+        code_chunk_free(b);
+        code_cache_destroy(c);
+    }
+    return works != 0;
+}
+
+static int kept_index(const struct mcache *c, const struct code_chunk *h)
+{
+    for (unsigned i = 0; i < c->nkept; i++)
+        if (c->kept[i].h == h)
+            return (int)i;
+    return -1;
+}
+
+const struct mkept *model_kept_at(const struct mcache *c, size_t off)
+{
+    for (unsigned i = 0; i < c->nkept; i++)
+        if (off - c->kept[i].off < c->kept[i].size)
+            return &c->kept[i];
+    return NULL;
+}
+
+/* The oldest kept chunk of n bytes once its quarantine is over: what code_cache_alloc(n) takes
+ * back without the lock. Only the oldest of a size is looked at. */
+static const struct mkept *kept_due(const struct mcache *c, size_t n)
+{
+    if (!c->tcache || n > MODEL_TCACHE_CHUNK_MAX)
+        return NULL;
+    for (unsigned i = 0; i < c->nkept; i++)
+        if (c->kept[i].size == n)
+            return c->kept_frees - c->kept[i].stamp >= MODEL_TCACHE_QUARANTINE ? &c->kept[i] : NULL;
+    return NULL;
+}
+
+static void kept_remove(struct mcache *c, unsigned i)
+{
+    c->kept_bytes -= c->kept[i].size;
+    memmove(&c->kept[i], &c->kept[i + 1], (c->nkept - i - 1) * sizeof c->kept[0]);
+    c->nkept--;
+}
+
+/* A kept chunk back in the cache's index: its record joins the FIFO of freed records. */
+static void kept_give_back(struct model *m, struct mcache *c, unsigned i)
+{
+    for (unsigned s = 0; s < m->nstale; s++)
+        if (m->stale[s].kept && m->stale[s].h == c->kept[i].h) {
+            m->stale[s].kept = false;
+            m->stale[s].ahead = c->fifo_count;
+            m->stale[s].pops_at = c->pops;
+        }
+    c->fifo_count++;
+    kept_remove(c, i);
+}
+
+/* Everything, size by size, smallest first, each oldest first (an allocation that found no
+ * room, a reset). */
+static void kept_give_back_all(struct model *m, struct mcache *c, uint64_t *counted)
+{
+    for (size_t n = c->granule; n <= MODEL_TCACHE_CHUNK_MAX; n += c->granule) {
+        for (unsigned i = 0; i < c->nkept;) {
+            if (c->kept[i].size == n) {
+                kept_give_back(m, c, i);
+                (*counted)++;
+            } else {
+                i++;
+            }
+        }
+    }
+}
+
+/* Past MODEL_TCACHE_MAX kept: the oldest, whatever their sizes, down to half of it, each past its
+ * quarantine (the kept array is in the order of the frees). */
+static void kept_flush(struct model *m, struct mcache *c)
+{
+    while (c->kept_bytes > MODEL_TCACHE_MAX / 2 &&
+           c->kept_frees - c->kept[0].stamp >= MODEL_TCACHE_QUARANTINE) {
+        kept_give_back(m, c, 0);
+        m->tcache.given_back_full++;
+    }
+}
+
+/* The chunk h at [off, +size) was freed: kept by the thread cache when it may be (keepable: no
+ * veneers, no names), else its record joins the FIFO of freed records. */
+static void freed_record(struct model *m, struct mcache *c, struct code_chunk *h, size_t off,
+                         size_t size, bool keepable)
+{
+    const bool keep = keepable && c->tcache && size <= MODEL_TCACHE_CHUNK_MAX;
+    stale_add(m, c, h, off, size, keep);
+    if (!keep) {
+        c->fifo_count++;
+        return;
+    }
+    /* A failure on the way (the thread cache's memory) sends it the locked way instead. */
+    if (m->fault_now)
+        c->tainted = true;
+    if (c->nkept == c->kept_cap) {
+        c->kept_cap = c->kept_cap ? 2 * c->kept_cap : 64;
+        c->kept = realloc(c->kept, c->kept_cap * sizeof c->kept[0]);
+        if (c->kept == NULL)
+            model_fail(m, "out of memory for the model");
+    }
+    c->kept[c->nkept++] = (struct mkept){h, off, size, c->kept_frees++};
+    c->kept_bytes += size;
+    m->tcache.kept++;
+    if (c->kept_bytes > MODEL_TCACHE_MAX)
+        kept_flush(m, c);
+}
+
+/* code_cache_alloc returned h at off. A kept chunk comes back with its own record (the handle is
+ * live again); any other allocation took the oldest freed record if more than MODEL_QUARANTINE
+ * waited when it began (from_fifo). True for a kept chunk. */
+static bool alloc_record(struct model *m, struct mcache *c, struct code_chunk *h, size_t off,
+                         bool from_fifo)
+{
+    c->allocated++;
+    int k = kept_index(c, h);
+    if (k < 0) {
+        if (from_fifo) {
+            c->fifo_count--;
+            c->pops++;
+            stale_prune(m);
+        }
+        return false;
+    }
+    if (c->kept[k].off != off)
+        model_fail(m, "a kept chunk came back at offset %zu; it was kept at %zu", off,
+                   c->kept[k].off);
+    kept_remove(c, (unsigned)k);
+    m->tcache.handed_out++;
+    unsigned j = 0;
+    for (unsigned i = 0; i < m->nstale; i++)
+        if (m->stale[i].h != h)
+            m->stale[j++] = m->stale[i];
+    m->nstale = j;
+    return true;
+}
+
+static void kept_forget(struct mcache *c)
+{
+    free(c->kept);
+    c->kept = NULL;
+    c->nkept = c->kept_cap = 0;
+    c->kept_bytes = 0;
 }
 
 /* ---- Create and destroy ---- */
@@ -367,6 +533,7 @@ static void destroy_cache(struct model *m, unsigned slot)
     CALL(m, code_cache_destroy(c->h));
     while (c->nchunks > 0)
         chunk_release(c, c->nchunks - 1);
+    kept_forget(c);
     stale_drop_cache(m, c);
     m->live[slot] = false;
     const uintptr_t page = c->page;
@@ -409,9 +576,8 @@ static void create_cache(struct model *m, unsigned slot, const uint8_t sel[4], b
                    nreach = valid_only ? 1 : 12, nflags = valid_only ? 12 : 18;
     struct code_cache_options o = {0};
     o.reach = reaches[sel[2] % nreach];
-    /* The model predicts where code_cache_alloc places a chunk from the cache's index; chunks
-     * kept by a thread cache would be neither live nor in it (tests/tcache.c covers those). */
-    o.flags = flag_sets[sel[3] % nflags] | CODE_CACHE_NO_THREAD_CACHE;
+    /* Thread caches on (where they work) for half of the caches. */
+    o.flags = flag_sets[sel[3] % nflags] | (sel[1] & 0x10 ? CODE_CACHE_NO_THREAD_CACHE : 0);
     const size_t reach = o.reach ? o.reach : X86_REACH;
     unsigned si = sel[0] % nsizes;
     o.size = sizes[si];
@@ -490,6 +656,8 @@ static void create_cache(struct model *m, unsigned slot, const uint8_t sel[4], b
     c->h = h;
     c->dual = (o.flags & CODE_CACHE_DUAL_MAP) != 0;
     c->harden = (o.flags & CODE_CACHE_DUAL_HARDEN) != 0;
+    c->tcache =
+        c->dual && !c->harden && !(o.flags & CODE_CACHE_NO_THREAD_CACHE) && model_tcache_works();
     c->page = page;
     c->granule = c->dual ? 64 : page;
     c->reach = reach;
@@ -552,6 +720,8 @@ static void op_reset(struct model *m, struct model_input *in)
     model_trace(m, "reset cache at %#lx (%u chunks)", (unsigned long)c->base, c->nchunks);
     int rc;
     CALL(m, rc = code_cache_reset(c->h));
+    /* Before anything else, failing or not, it took back what the thread keeps. */
+    kept_give_back_all(m, c, &m->tcache.given_back_reset);
     if (rc != 0) {
         expect_success(m, "code_cache_reset", errno);
         return; /* nothing changed (checked by check_all) */
@@ -579,13 +749,36 @@ static void op_reset(struct model *m, struct model_input *in)
 
 /* The lowest-first runs of granules below the bump pointer that no live chunk or retired span
  * holds: the freed spans. Calls visit(start, end) for each; returns their number. */
+static int kept_by_offset(const void *a, const void *b)
+{
+    const struct mkept *x = a, *y = b;
+    return (x->off > y->off) - (x->off < y->off);
+}
+
 static size_t model_free_runs(struct mcache *c, void (*visit)(void *, size_t, size_t), void *arg)
 {
+    /* What the thread cache keeps is out of the index too: walked along in address order. */
+    struct mkept *kept = NULL;
+    if (c->nkept > 0) {
+        kept = malloc(c->nkept * sizeof *kept);
+        if (kept == NULL)
+            abort();
+        memcpy(kept, c->kept, c->nkept * sizeof *kept);
+        qsort(kept, c->nkept, sizeof *kept, kept_by_offset);
+    }
+    unsigned next_kept = 0;
     size_t runs = 0, start = SIZE_MAX;
     for (size_t off = 0; off < c->bump;) {
         struct mchunk *ch = model_owner(c, off);
-        size_t step = ch != NULL ? ch->off + ch->size - off : c->granule;
-        bool busy = ch != NULL || model_retired_span(c, off);
+        while (next_kept < c->nkept && kept[next_kept].off + kept[next_kept].size <= off)
+            next_kept++;
+        const struct mkept *k = ch == NULL && next_kept < c->nkept && kept[next_kept].off <= off
+                                    ? &kept[next_kept]
+                                    : NULL;
+        size_t step = ch != NULL  ? ch->off + ch->size - off
+                      : k != NULL ? k->off + k->size - off
+                                  : c->granule;
+        bool busy = ch != NULL || k != NULL || model_retired_span(c, off);
         if (!busy && start == SIZE_MAX)
             start = off;
         if (busy && start != SIZE_MAX) {
@@ -601,6 +794,7 @@ static size_t model_free_runs(struct mcache *c, void (*visit)(void *, size_t, si
         if (visit)
             visit(arg, start, c->bump);
     }
+    free(kept);
     return runs;
 }
 
@@ -630,6 +824,8 @@ static void fit_visit(void *arg, size_t start, size_t end)
 }
 
 /* code_cache_alloc of a size chosen by sel and extra, checked; the new chunk or NULL. */
+static struct mchunk *alloc_sized(struct model *m, struct mcache *c, size_t size);
+
 static struct mchunk *alloc_chunk(struct model *m, struct mcache *c, uint8_t sel, uint8_t extra)
 {
     if (c == NULL || c->nchunks == MODEL_MAX_CHUNKS)
@@ -672,6 +868,12 @@ static struct mchunk *alloc_chunk(struct model *m, struct mcache *c, uint8_t sel
     /* Chunks the model would have to shadow byte by byte are kept to a few MiB. */
     if (size > 4 * MIB && size <= c->reserved)
         size = 4 * MIB;
+    return alloc_sized(m, c, size);
+}
+
+/* code_cache_alloc(size), checked; the new chunk or NULL. */
+static struct mchunk *alloc_sized(struct model *m, struct mcache *c, size_t size)
+{
 
     /* The contract: never-used space first, unless 512 freed spans wait, or a megabyte of freed
      * spans waits still committed ("ready", lib/cache.c's CACHE_READY_QUARANTINE): then the lowest
@@ -679,36 +881,56 @@ static struct mchunk *alloc_chunk(struct model *m, struct mcache *c, uint8_t sel
      * which is which the model does not know, so with a megabyte ready either is accepted). */
     struct code_cache_stats ready_now;
     code_cache_get_stats(c->h, &ready_now);
-    const bool ready_reused = ready_now.free_ready >= MODEL_READY_QUARANTINE;
+    /* The index's ready bytes: what the thread cache keeps is not in it. */
+    const bool ready_reused = ready_now.free_ready >= MODEL_READY_QUARANTINE + c->kept_bytes;
     int want = 0;
     bool inside = false; /* a record was taken before failing */
     const size_t n = size == 0 || size > c->reserved ? 0 : align_up(size, c->granule);
     struct fit fit = {.n = n};
     size_t holes = 0;
     bool at_bump = false;
+    /* A kept chunk of this size whose quarantine is over comes back first, without the lock. */
+    const struct mkept *due = n != 0 ? kept_due(c, n) : NULL;
+    const size_t due_off = due != NULL ? due->off : 0;
+    const struct code_chunk *due_h = due != NULL ? due->h : NULL;
+    /* Otherwise the record is taken first: from the FIFO of freed ones if enough wait. */
+    const bool from_fifo = due == NULL && c->fifo_count > MODEL_QUARANTINE;
+    bool drained = false;
     if (size == 0) {
         want = EINVAL;
     } else if (size > c->reserved) {
         want = ENOSPC;
-    } else {
+    } else if (due == NULL) {
         holes = model_free_runs(c, fit_visit, &fit);
         const bool fresh = n <= c->reserved - c->bump;
         const bool crowded = holes >= MODEL_QUARANTINE_HOLES;
         inside = true;
-        if (fresh && (!crowded || !fit.any))
+        if (fresh && (!crowded || !fit.any)) {
             at_bump = true;
-        else if (!fit.any)
+        } else if (!fit.any && c->nkept > 0) {
+            /* No room: what the thread keeps goes back to the index, and the search again. */
+            kept_give_back_all(m, c, &m->tcache.given_back_no_room);
+            drained = true;
+            fit = (struct fit){.n = n};
+            holes = model_free_runs(c, fit_visit, &fit);
+        }
+        if (!at_bump && !fit.any)
             want = ENOSPC;
     }
-    model_trace(m, "alloc %zu in cache %#lx: expect %s", size, (unsigned long)c->base,
+    model_trace(m, "alloc %zu in cache %#lx: expect %s%s", size, (unsigned long)c->base,
                 want      ? strerror(want)
+                : due     ? "the kept chunk"
                 : at_bump ? "at the bump pointer"
-                          : "in a freed span");
+                          : "in a freed span",
+                drained ? " (after taking back what the thread kept)" : "");
     struct code_cache_stats before;
     code_cache_get_stats(c->h, &before);
     struct code_chunk *h;
     CALL(m, h = code_cache_alloc(c->h, size));
     int err = errno;
+    /* A failure before the search may have come before the thread's chunks were taken back. */
+    if (drained && m->fault_now)
+        c->tainted = true;
     if (h == NULL) {
         if (want == 0 && c->tainted && err == ENOSPC)
             want = ENOSPC;
@@ -716,7 +938,7 @@ static struct mchunk *alloc_chunk(struct model *m, struct mcache *c, uint8_t sel
             expect_success(m, "code_cache_alloc", err);
         else
             expect_errno(m, "code_cache_alloc", err, want);
-        if (inside && c->fifo_count <= MODEL_QUARANTINE)
+        if (inside && !from_fifo)
             c->fifo_count++; /* the record taken for it waits at the head of the FIFO */
         return NULL;
     }
@@ -735,7 +957,25 @@ static struct mchunk *alloc_chunk(struct model *m, struct mcache *c, uint8_t sel
     if ((uintptr_t)span.rw != c->rw_base + off)
         model_fail(m, "alloc: span rw %p, expected %#lx", span.rw,
                    (unsigned long)(c->rw_base + off));
-    if (!c->tainted && !m->fault_now) {
+    const bool exact = !c->tainted && !m->fault_now;
+    const bool popped = alloc_record(m, c, h, off, from_fifo);
+    if (exact && (popped != (due != NULL) || (popped && (h != due_h || off != due_off))))
+        model_fail(m, "alloc(%zu): %s at offset %zu; expected %s", size,
+                   popped ? "a kept chunk" : "a new one", off,
+                   due != NULL ? "the oldest kept chunk of that size" : "no kept chunk");
+    /* A span the thread keeps is nobody else's. (Once the model is unsure of what it keeps, the
+     * library says: the span was not kept.) */
+    for (unsigned i = 0; !popped && i < c->nkept;) {
+        if (c->kept[i].off < off + n && off < c->kept[i].off + c->kept[i].size) {
+            if (exact)
+                model_fail(m, "alloc(%zu) at offset %zu overlaps a chunk the thread keeps at %zu",
+                           size, off, c->kept[i].off);
+            kept_remove(c, i);
+        } else {
+            i++;
+        }
+    }
+    if (exact && !popped) {
         /* With a megabyte ready, a ready span that fits comes before the bump pointer. */
         if (at_bump && ready_reused && fit.any && off != c->bump)
             at_bump = false;
@@ -770,12 +1010,6 @@ static struct mchunk *alloc_chunk(struct model *m, struct mcache *c, uint8_t sel
     c->chunk[c->nchunks++] = ch;
     if (off + n > c->bump)
         c->bump = off + n;
-    c->allocated++;
-    if (c->fifo_count > MODEL_QUARANTINE) {
-        c->fifo_count--;
-        c->pops++;
-        stale_prune(m);
-    }
     c->content_due = true;
     return ch;
 }
@@ -1166,11 +1400,8 @@ void model_run_chunk(struct model *m, struct mchunk *ch)
     }
 }
 
-static void op_seal(struct model *m, struct model_input *in)
+static void seal_checked(struct model *m, struct mchunk *ch)
 {
-    struct mchunk *ch = need_chunk(m, in);
-    if (ch == NULL)
-        return;
     int want = ch->state == MS_SEALED || ch->reserving ? EBUSY : 0;
     model_trace(m, "seal chunk at %#lx: expect %s", (unsigned long)chunk_rx(ch),
                 want ? strerror(want) : "success");
@@ -1199,6 +1430,13 @@ static void op_seal(struct model *m, struct model_input *in)
                    prots, c->dual ? "dual" : "mprotect");
     check_chunk_content(m, ch);
     model_run_chunk(m, ch);
+}
+
+static void op_seal(struct model *m, struct model_input *in)
+{
+    struct mchunk *ch = need_chunk(m, in);
+    if (ch != NULL)
+        seal_checked(m, ch);
 }
 
 static void op_run(struct model *m, struct model_input *in)
@@ -1331,11 +1569,8 @@ static void op_find(struct model *m, struct model_input *in)
 
 /* ---- Free ---- */
 
-static void op_free(struct model *m, struct model_input *in)
+static void free_checked(struct model *m, struct mchunk *ch)
 {
-    struct mchunk *ch = need_chunk(m, in);
-    if (ch == NULL)
-        return;
     struct mcache *c = ch->cache;
     model_trace(m, "free chunk at %#lx size %zu", (unsigned long)chunk_rx(ch), ch->size);
     struct code_cache_stats before, after;
@@ -1352,14 +1587,51 @@ static void op_free(struct model *m, struct model_input *in)
         else
             c->tainted = true;
     }
-    stale_add(m, ch);
-    c->fifo_count++;
+    freed_record(m, c, ch->h, ch->off, ch->size, ch->nven == 0 && !ch->named);
     for (unsigned i = 0; i < c->nchunks; i++)
         if (c->chunk[i] == ch) {
             chunk_release(c, i);
             break;
         }
     c->content_due = true;
+}
+
+static void op_free(struct model *m, struct model_input *in)
+{
+    struct mchunk *ch = need_chunk(m, in);
+    if (ch != NULL)
+        free_checked(m, ch);
+}
+
+/* A method JIT on one cache: one function at a time, allocated, written, sealed, run and freed,
+ * of 1 B - 1 KiB (the sizes thread caches keep), enough of them that kept chunks come back once
+ * 1,024 frees followed them, and, in a small cache, that allocations find no room and take back
+ * what the thread keeps. */
+static void op_methods(struct model *m, struct model_input *in)
+{
+    struct mcache *c = need_cache(m, in);
+    const uint8_t count = in_byte(in), seed = in_byte(in);
+    if (c == NULL)
+        return;
+    const unsigned functions = 64 + 8u * count;
+    uint32_t rng = seed * 2654435761u + 1;
+    model_trace(m, "methods: %u functions on cache %#lx", functions, (unsigned long)c->base);
+    for (unsigned i = 0; i < functions && c->nchunks < MODEL_MAX_CHUNKS; i++) {
+        rng = rng * 1103515245u + 12345u;
+        struct mchunk *ch = alloc_sized(m, c, 1 + (rng >> 16) % MODEL_TCACHE_CHUNK_MAX);
+        if (ch == NULL)
+            continue; /* ENOSPC, predicted */
+        uint32_t offset;
+        if (chunk_alloc_checked(m, ch, JIT_RETURN_SIZE, 1, &offset)) {
+            write_return(ch, offset, JIT_RETURN_SIZE, (int)rng);
+            add_fn(ch, (struct mfn){.off = offset,
+                                    .len = JIT_RETURN_SIZE,
+                                    .kind = FN_RETURN,
+                                    .value = (int)rng});
+            seal_checked(m, ch);
+        }
+        free_checked(m, ch);
+    }
 }
 
 /* ---- Stale handles and misuse ---- */
@@ -1588,6 +1860,9 @@ static void op_name(struct model *m, struct model_input *in)
                 (unsigned long)chunk_rx(ch), strlen(text), want ? strerror(want) : "success");
     int rc;
     CALL(m, rc = code_chunk_name(ch->h, (const void *)(chunk_rx(ch) + off), size, text));
+    /* Past its checks, the chunk has a table of names, even when a failure came after. */
+    if (rc == 0 || m->fault_now)
+        ch->named = true;
     if (rc != 0) {
         expect_errno(m, "code_chunk_name", errno, want);
         return;
@@ -1613,6 +1888,7 @@ struct model *model_new(const struct model_config *config)
     m->valgrind = RUNNING_ON_VALGRIND != 0;
     if (m->valgrind)
         m->cfg.light = true;
+    (void)model_tcache_works(); /* its cache comes and goes before the counts are taken */
     m->fds_at_start = proc_open_fds();
     m->jemalloc_at_start = proc_jemalloc_allocated();
     m->far = model_far_function();
@@ -1629,6 +1905,7 @@ static void (*const ops[MOP_COUNT])(struct model *, struct model_input *) = {
     [MOP_PATCH] = op_patch,         [MOP_FIND] = op_find,
     [MOP_FREE] = op_free,           [MOP_STALE] = op_stale,
     [MOP_MISUSE] = op_misuse,       [MOP_NAME] = op_name,
+    [MOP_METHODS] = op_methods,
 };
 
 /* How often each operation comes up in random bytes. */
@@ -1703,6 +1980,7 @@ void model_exercise(struct model *m)
         if (c->nchunks == MODEL_MAX_CHUNKS)
             continue;
         model_trace(m, "exercise cache %u", s);
+        const bool from_fifo = kept_due(c, 64) == NULL && c->fifo_count > MODEL_QUARANTINE;
         struct code_chunk *h;
         CALL(m, h = code_cache_alloc(c->h, 64));
         if (h == NULL) {
@@ -1723,14 +2001,10 @@ void model_exercise(struct model *m)
             model_fail(m, "the cache does not work any more: seal: %s", strerror(errno));
         if (((int (*)(void))span.rx)() != 42)
             model_fail(m, "the cache does not work any more: the code does not run");
-        c->allocated++;
-        if (c->fifo_count > MODEL_QUARANTINE) {
-            c->fifo_count--;
-            c->pops++;
-            stale_prune(m);
-        }
+        const size_t off = (uintptr_t)span.rx - c->base;
+        alloc_record(m, c, h, off, from_fifo);
         CALL(m, code_chunk_free(h));
-        c->fifo_count++;
+        freed_record(m, c, h, off, c->granule, true);
         resync(m);
         check_all(m);
     }
@@ -1761,4 +2035,9 @@ uint64_t model_calls(const struct model *m)
 unsigned model_caches(const struct model *m)
 {
     return (unsigned)m->live[0] + (unsigned)m->live[1];
+}
+
+void model_tcache_counts(const struct model *m, struct model_tcache_counts *out)
+{
+    *out = m->tcache;
 }

@@ -70,6 +70,10 @@ enum model_op {
     MOP_STALE,       /* stale handle, what: calls on a freed or reset chunk */
     MOP_MISUSE,      /* slot, what: NULL and bad arguments */
     MOP_NAME,        /* chunk, function: code_chunk_name, once the library has it */
+    /* slot, count, seed: a method JIT's burst, 64 - 2,104 functions of up to 1 KiB made, run and
+     * freed one at a time (thread caches). Only as a direct byte (MODEL_OP): its weight is 0, so
+     * that random bytes decode as they did before it existed (the corpus, the regressions). */
+    MOP_METHODS,
     MOP_COUNT
 };
 
@@ -112,5 +116,13 @@ void model_end(struct model *m);
 uint64_t model_calls(const struct model *m);
 /* Live caches (0, 1 or 2). */
 unsigned model_caches(const struct model *m);
+
+/* What the thread caches of the model's caches did, as the model predicted it: frees kept,
+ * chunks handed out again, chunks given back to the index (past 2 MiB kept, when an allocation
+ * found no room, at a reset). */
+struct model_tcache_counts {
+    uint64_t kept, handed_out, given_back_full, given_back_no_room, given_back_reset;
+};
+void model_tcache_counts(const struct model *m, struct model_tcache_counts *out);
 
 #endif

@@ -25,6 +25,12 @@
 #define MODEL_QUARANTINE_HOLES 512
 /* Freed bytes still committed from which allocations are served first (CACHE_READY_QUARANTINE). */
 #define MODEL_READY_QUARANTINE ((size_t)1 << 20)
+/* Thread caches (lib/tcache.c): chunks of up to 1 KiB are kept by the thread that frees them,
+ * handed out again to it once 1,024 more of its frees followed, and given back to the index
+ * beyond 2 MiB kept (the oldest past their quarantine, down to 1 MiB). */
+#define MODEL_TCACHE_CHUNK_MAX  ((size_t)1024)
+#define MODEL_TCACHE_QUARANTINE 1024u
+#define MODEL_TCACHE_MAX        ((size_t)2 << 20)
 
 #define TRAP 0xcc /* x86-64 int3 */
 
@@ -75,6 +81,7 @@ struct mchunk {
     unsigned nven;
     struct mname names[MODEL_MAX_NAMES];
     unsigned nnames;
+    bool named; /* code_chunk_name got past its checks (the chunk has a name table) */
 };
 
 /* A handle of a freed (or reset) chunk whose record still waits in the library's quarantine. */
@@ -84,6 +91,14 @@ struct mstale {
     size_t off, size;
     size_t ahead;     /* records surely ahead of it in the FIFO when it joined */
     uint64_t pops_at; /* the cache's pops then */
+    bool kept;        /* kept by the thread cache: its record is in no FIFO of the cache */
+};
+
+/* A chunk the model's thread freed into its thread cache: its record and span wait there. */
+struct mkept {
+    struct code_chunk *h;
+    size_t off, size;
+    uint32_t stamp; /* the thread's kept frees before it */
 };
 
 struct mspan {
@@ -117,6 +132,14 @@ struct mcache {
     bool content_due; /* check ready and ahead memory at the next check */
     /* CODE_CACHE_DUAL_HARDEN: an injected mprotect failure may have left a full page writable. */
     bool harden_lost;
+
+    /* The thread cache of the model's one thread, when the cache has thread caches: kept
+     * chunks in the order they were freed (each size's FIFO is its entries in that order). */
+    bool tcache;
+    struct mkept *kept;
+    unsigned nkept, kept_cap;
+    size_t kept_bytes;
+    uint32_t kept_frees;
 };
 
 struct model {
@@ -130,6 +153,7 @@ struct model {
     int (*far)(int); /* a function of ours out of every cache's reach */
     bool valgrind;
     bool fault_now; /* an injected failure happened during the current operation */
+    struct model_tcache_counts tcache;
     char trace[16][160];
     unsigned ntrace;
 };
@@ -152,6 +176,8 @@ struct mchunk *model_owner(struct mcache *c, size_t off);
 size_t model_holes(struct mcache *c);
 /* True when the cache offset off lies in a span a failed free retired. */
 bool model_retired_span(const struct mcache *c, size_t off);
+/* The kept chunk holding the cache offset off, or NULL. */
+const struct mkept *model_kept_at(const struct mcache *c, size_t off);
 
 /* check.c */
 void check_all(struct model *m);
