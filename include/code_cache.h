@@ -86,6 +86,8 @@ struct code_span {
  * pages); the RW view lands at a random address, never next to it. The RX view is never
  * writable and the RW view never executable. Granule 64 bytes. The RW view is not inherited by
  * fork(): in a child, sealed code still runs and every call that would write fails with EPERM.
+ * (With either backend, fork() waits for every cache's lock, and the child forgets what other
+ * threads had under way: stats, free and destroy work there.)
  * Create fails (ENOSYS, EACCES, EMFILE...) when no file yields an executable mapping; it never
  * falls back to rwx or to the other backend. */
 #define CODE_CACHE_DUAL_MAP 0x2u

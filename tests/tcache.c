@@ -386,7 +386,7 @@ Test(tcache, more_caches_than_slots, .init = need_thread_caches)
     }
 }
 
-/* Past 2 MiB kept, the oldest half goes back to the index. */
+/* Past 2 MiB kept, the oldest chunks go back to the index until 1 MiB is left. */
 Test(tcache, a_thread_keeps_at_most_two_megabytes, .init = need_thread_caches)
 {
     struct code_cache *cache = dual_cache(16 * MIB, 0);
@@ -401,7 +401,7 @@ Test(tcache, a_thread_keeps_at_most_two_megabytes, .init = need_thread_caches)
     code_cache_get_stats(cache, &st);
     cr_assert_eq(st.in_use, 0);
     cr_assert_eq(st.free_ready, n * 1024);
-    cr_assert_eq(st.free_spans, 1, "the oldest half is back in the index as one span");
+    cr_assert_eq(st.free_spans, 1, "the oldest chunks are back in the index as one span");
     /* The newest 1,024 are still kept (a megabyte): the next allocation of 1 KiB takes the
      * oldest of them, the first not given back. */
     struct code_chunk *c = code_cache_alloc(cache, 1024);

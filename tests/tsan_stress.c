@@ -15,8 +15,8 @@
  *     shared dual cache of 4 MiB, which their thread caches (lib/tcache.c) fill: each hands kept
  *     chunks out again to itself, and takes the others' back when the cache is full (ENOSPC),
  *     while short-lived threads do the same and exit (giving theirs back), and a burster makes
- *     2.1 MiB of 1 KiB functions and frees them all, beyond what a thread keeps (its oldest half
- *     goes back to the cache under the lock: tcache_flush);
+ *     2.1 MiB of 1 KiB functions and frees them all, beyond what a thread keeps (its oldest chunks
+ *     go back to the cache under the lock: tcache_flush);
  *   - the misuse the API promises to survive: one thread allocates on a cache R, writes a
  *     function, then asks for a veneer and seals while another thread resets R. The seal returns 0
  *     or EPERM, the veneer a target or EPERM, never anything else, and R is empty and consistent
@@ -403,7 +403,7 @@ static void *method_short(void *arg)
 }
 
 /* 2.1 MiB of 1 KiB functions made, then all freed: a thread keeps at most 2 MiB, so the free of
- * the last ones gives the oldest half back under the lock (tcache_flush), next to the method
+ * the last ones gives the oldest chunks back under the lock (tcache_flush), next to the method
  * JITs' fast paths, their ENOSPC drains and the finder's statistics. */
 #define BURST_FUNCTIONS 2150
 static void *method_burster(void *arg)
