@@ -287,213 +287,12 @@ static unsigned char *chunk_rw(const struct mchunk *ch)
     return (unsigned char *)(ch->cache->rw_base + ch->off);
 }
 
-/* ---- Stale handles ---- */
-
-static void stale_add(struct model *m, struct mcache *c, struct code_chunk *h, size_t off,
-                      size_t size, bool kept)
-{
-    if (m->nstale < MODEL_MAX_STALE)
-        m->stale[m->nstale++] = (struct mstale){.h = h,
-                                                .cache = c,
-                                                .off = off,
-                                                .size = size,
-                                                .ahead = c->fifo_count,
-                                                .pops_at = c->pops,
-                                                .kept = kept};
-}
-
-static void stale_drop_cache(struct model *m, const struct mcache *c)
-{
-    unsigned j = 0;
-    for (unsigned i = 0; i < m->nstale; i++)
-        if (m->stale[i].cache != c)
-            m->stale[j++] = m->stale[i];
-    m->nstale = j;
-}
-
-/* Drops the handles whose record may have been reused: only those are documented misuse. */
-static void stale_prune(struct model *m)
-{
-    unsigned j = 0;
-    for (unsigned i = 0; i < m->nstale; i++) {
-        const struct mstale *s = &m->stale[i];
-        if (s->kept || s->cache->pops - s->pops_at <= s->ahead)
-            m->stale[j++] = m->stale[i];
-    }
-    m->nstale = j;
-}
-
 static void chunk_release(struct mcache *c, unsigned index)
 {
     struct mchunk *ch = c->chunk[index];
     free(ch->shadow);
     free(ch);
     c->chunk[index] = c->chunk[--c->nchunks];
-}
-
-/* ---- The thread cache of the model's thread ---- */
-
-/* Whether thread caches work in this process (they are off where instruction fetch does not see
- * the RW view: lib/tcache.c). Asked of the library: a dual cache hands out A, then B above it,
- * and A is freed; in the index A's span is a freed span (stats.free_spans 1), kept by a thread
- * cache it is not (0). */
-static bool model_tcache_works(void)
-{
-    static int works = -1;
-    if (works >= 0)
-        return works != 0;
-    struct code_cache_options o = {.size = 65536, .flags = CODE_CACHE_DUAL_MAP};
-    struct code_cache *c = code_cache_create(&o);
-    works = 0;
-    if (c != NULL) {
-        struct code_chunk *a = code_cache_alloc(c, 64), *b = code_cache_alloc(c, 64);
-        code_chunk_free(a);
-        struct code_cache_stats st;
-        code_cache_get_stats(c, &st);
-        works = a != NULL && b != NULL && st.free_spans == 0;
-        code_chunk_free(b);
-        code_cache_destroy(c);
-    }
-    return works != 0;
-}
-
-static int kept_index(const struct mcache *c, const struct code_chunk *h)
-{
-    for (unsigned i = 0; i < c->nkept; i++)
-        if (c->kept[i].h == h)
-            return (int)i;
-    return -1;
-}
-
-const struct mkept *model_kept_at(const struct mcache *c, size_t off)
-{
-    for (unsigned i = 0; i < c->nkept; i++)
-        if (off - c->kept[i].off < c->kept[i].size)
-            return &c->kept[i];
-    return NULL;
-}
-
-/* The oldest kept chunk of n bytes once its quarantine is over: what code_cache_alloc(n) takes
- * back without the lock. Only the oldest of a size is looked at. */
-static const struct mkept *kept_due(const struct mcache *c, size_t n)
-{
-    if (!c->tcache || n > MODEL_TCACHE_CHUNK_MAX)
-        return NULL;
-    for (unsigned i = 0; i < c->nkept; i++)
-        if (c->kept[i].size == n)
-            return c->kept_frees - c->kept[i].stamp >= MODEL_TCACHE_QUARANTINE ? &c->kept[i] : NULL;
-    return NULL;
-}
-
-static void kept_remove(struct mcache *c, unsigned i)
-{
-    c->kept_bytes -= c->kept[i].size;
-    memmove(&c->kept[i], &c->kept[i + 1], (c->nkept - i - 1) * sizeof c->kept[0]);
-    c->nkept--;
-}
-
-/* A kept chunk back in the cache's index: its record joins the FIFO of freed records. */
-static void kept_give_back(struct model *m, struct mcache *c, unsigned i)
-{
-    for (unsigned s = 0; s < m->nstale; s++)
-        if (m->stale[s].kept && m->stale[s].h == c->kept[i].h) {
-            m->stale[s].kept = false;
-            m->stale[s].ahead = c->fifo_count;
-            m->stale[s].pops_at = c->pops;
-        }
-    c->fifo_count++;
-    kept_remove(c, i);
-}
-
-/* Everything, size by size, smallest first, each oldest first (an allocation that found no
- * room, a reset). */
-static void kept_give_back_all(struct model *m, struct mcache *c, uint64_t *counted)
-{
-    for (size_t n = c->granule; n <= MODEL_TCACHE_CHUNK_MAX; n += c->granule) {
-        for (unsigned i = 0; i < c->nkept;) {
-            if (c->kept[i].size == n) {
-                kept_give_back(m, c, i);
-                (*counted)++;
-            } else {
-                i++;
-            }
-        }
-    }
-}
-
-/* Past MODEL_TCACHE_MAX kept: the oldest, whatever their sizes, down to half of it, each past its
- * quarantine (the kept array is in the order of the frees). */
-static void kept_flush(struct model *m, struct mcache *c)
-{
-    while (c->kept_bytes > MODEL_TCACHE_MAX / 2 &&
-           c->kept_frees - c->kept[0].stamp >= MODEL_TCACHE_QUARANTINE) {
-        kept_give_back(m, c, 0);
-        m->tcache.given_back_full++;
-    }
-}
-
-/* The chunk h at [off, +size) was freed: kept by the thread cache when it may be (keepable: no
- * veneers, no names), else its record joins the FIFO of freed records. */
-static void freed_record(struct model *m, struct mcache *c, struct code_chunk *h, size_t off,
-                         size_t size, bool keepable)
-{
-    const bool keep = keepable && c->tcache && size <= MODEL_TCACHE_CHUNK_MAX;
-    stale_add(m, c, h, off, size, keep);
-    if (!keep) {
-        c->fifo_count++;
-        return;
-    }
-    /* A failure on the way (the thread cache's memory) sends it the locked way instead. */
-    if (m->fault_now)
-        c->tainted = true;
-    if (c->nkept == c->kept_cap) {
-        c->kept_cap = c->kept_cap ? 2 * c->kept_cap : 64;
-        c->kept = realloc(c->kept, c->kept_cap * sizeof c->kept[0]);
-        if (c->kept == NULL)
-            model_fail(m, "out of memory for the model");
-    }
-    c->kept[c->nkept++] = (struct mkept){h, off, size, c->kept_frees++};
-    c->kept_bytes += size;
-    m->tcache.kept++;
-    if (c->kept_bytes > MODEL_TCACHE_MAX)
-        kept_flush(m, c);
-}
-
-/* code_cache_alloc returned h at off. A kept chunk comes back with its own record (the handle is
- * live again); any other allocation took the oldest freed record if more than MODEL_QUARANTINE
- * waited when it began (from_fifo). True for a kept chunk. */
-static bool alloc_record(struct model *m, struct mcache *c, struct code_chunk *h, size_t off,
-                         bool from_fifo)
-{
-    c->allocated++;
-    int k = kept_index(c, h);
-    if (k < 0) {
-        if (from_fifo) {
-            c->fifo_count--;
-            c->pops++;
-            stale_prune(m);
-        }
-        return false;
-    }
-    if (c->kept[k].off != off)
-        model_fail(m, "a kept chunk came back at offset %zu; it was kept at %zu", off,
-                   c->kept[k].off);
-    kept_remove(c, (unsigned)k);
-    m->tcache.handed_out++;
-    unsigned j = 0;
-    for (unsigned i = 0; i < m->nstale; i++)
-        if (m->stale[i].h != h)
-            m->stale[j++] = m->stale[i];
-    m->nstale = j;
-    return true;
-}
-
-static void kept_forget(struct mcache *c)
-{
-    free(c->kept);
-    c->kept = NULL;
-    c->nkept = c->kept_cap = 0;
-    c->kept_bytes = 0;
 }
 
 /* ---- Create and destroy ---- */
@@ -533,8 +332,8 @@ static void destroy_cache(struct model *m, unsigned slot)
     CALL(m, code_cache_destroy(c->h));
     while (c->nchunks > 0)
         chunk_release(c, c->nchunks - 1);
-    kept_forget(c);
-    stale_drop_cache(m, c);
+    model_kept_forget(c);
+    model_stale_drop_cache(m, c);
     m->live[slot] = false;
     const uintptr_t page = c->page;
     check_destroyed(m, c->base - page, c->base + c->reserved + page, "the region");
@@ -721,7 +520,7 @@ static void op_reset(struct model *m, struct model_input *in)
     int rc;
     CALL(m, rc = code_cache_reset(c->h));
     /* Before anything else, failing or not, it took back what the thread keeps. */
-    kept_give_back_all(m, c, &m->tcache.given_back_reset);
+    model_kept_give_back_all(m, c, &m->tcache.given_back_reset);
     if (rc != 0) {
         expect_success(m, "code_cache_reset", errno);
         return; /* nothing changed (checked by check_all) */
@@ -890,7 +689,7 @@ static struct mchunk *alloc_sized(struct model *m, struct mcache *c, size_t size
     size_t holes = 0;
     bool at_bump = false;
     /* A kept chunk of this size whose quarantine is over comes back first, without the lock. */
-    const struct mkept *due = n != 0 ? kept_due(c, n) : NULL;
+    const struct mkept *due = n != 0 ? model_kept_due(c, n) : NULL;
     const size_t due_off = due != NULL ? due->off : 0;
     const struct code_chunk *due_h = due != NULL ? due->h : NULL;
     /* Otherwise the record is taken first: from the FIFO of freed ones if enough wait. */
@@ -909,7 +708,7 @@ static struct mchunk *alloc_sized(struct model *m, struct mcache *c, size_t size
             at_bump = true;
         } else if (!fit.any && c->nkept > 0) {
             /* No room: what the thread keeps goes back to the index, and the search again. */
-            kept_give_back_all(m, c, &m->tcache.given_back_no_room);
+            model_kept_give_back_all(m, c, &m->tcache.given_back_no_room);
             drained = true;
             fit = (struct fit){.n = n};
             holes = model_free_runs(c, fit_visit, &fit);
@@ -958,7 +757,7 @@ static struct mchunk *alloc_sized(struct model *m, struct mcache *c, size_t size
         model_fail(m, "alloc: span rw %p, expected %#lx", span.rw,
                    (unsigned long)(c->rw_base + off));
     const bool exact = !c->tainted && !m->fault_now;
-    const bool popped = alloc_record(m, c, h, off, from_fifo);
+    const bool popped = model_alloc_record(m, c, h, off, from_fifo);
     if (exact && (popped != (due != NULL) || (popped && (h != due_h || off != due_off))))
         model_fail(m, "alloc(%zu): %s at offset %zu; expected %s", size,
                    popped ? "a kept chunk" : "a new one", off,
@@ -970,7 +769,7 @@ static struct mchunk *alloc_sized(struct model *m, struct mcache *c, size_t size
             if (exact)
                 model_fail(m, "alloc(%zu) at offset %zu overlaps a chunk the thread keeps at %zu",
                            size, off, c->kept[i].off);
-            kept_remove(c, i);
+            model_kept_remove(c, i);
         } else {
             i++;
         }
@@ -1587,7 +1386,7 @@ static void free_checked(struct model *m, struct mchunk *ch)
         else
             c->tainted = true;
     }
-    freed_record(m, c, ch->h, ch->off, ch->size, ch->nven == 0 && !ch->named);
+    model_freed_record(m, c, ch->h, ch->off, ch->size, ch->nven == 0 && !ch->named);
     for (unsigned i = 0; i < c->nchunks; i++)
         if (c->chunk[i] == ch) {
             chunk_release(c, i);
@@ -1639,7 +1438,7 @@ static void op_methods(struct model *m, struct model_input *in)
 static void op_stale(struct model *m, struct model_input *in)
 {
     uint8_t b = in_byte(in), what = in_byte(in);
-    stale_prune(m);
+    model_stale_prune(m);
     if (m->nstale == 0)
         return;
     const struct mstale *s = &m->stale[b % m->nstale];
@@ -1980,31 +1779,22 @@ void model_exercise(struct model *m)
         if (c->nchunks == MODEL_MAX_CHUNKS)
             continue;
         model_trace(m, "exercise cache %u", s);
-        const bool from_fifo = kept_due(c, 64) == NULL && c->fifo_count > MODEL_QUARANTINE;
-        struct code_chunk *h;
-        CALL(m, h = code_cache_alloc(c->h, 64));
-        if (h == NULL) {
-            if (errno == ENOSPC)
-                continue; /* full, legitimately: free or reset would make room */
-            model_fail(m, "the cache does not work any more: alloc: %s", strerror(errno));
-        }
-        struct code_span span;
-        CALL(m, span = code_chunk_alloc(h, 6, 8));
-        if (span.rw == NULL)
+        /* Predicted and checked as any other (where it goes, a kept chunk back, what the thread
+         * keeps taken back when there is no room); ENOSPC only where the model expects it. */
+        struct mchunk *ch = alloc_sized(m, c, 64);
+        if (ch == NULL)
+            continue; /* full, legitimately: free or reset would make room */
+        uint32_t offset;
+        if (!chunk_alloc_checked(m, ch, JIT_RETURN_SIZE, 8, &offset))
             model_fail(m, "the cache does not work any more: code_chunk_alloc: %s",
                        strerror(errno));
-        static const unsigned char ret42[] = {0xb8, 42, 0, 0, 0, 0xc3};
-        memcpy(span.rw, ret42, sizeof ret42);
-        int rc;
-        CALL(m, rc = code_chunk_seal(h));
-        if (rc != 0)
+        write_return(ch, offset, JIT_RETURN_SIZE, 42);
+        add_fn(ch,
+               (struct mfn){.off = offset, .len = JIT_RETURN_SIZE, .kind = FN_RETURN, .value = 42});
+        seal_checked(m, ch); /* runs it */
+        if (ch->state != MS_SEALED)
             model_fail(m, "the cache does not work any more: seal: %s", strerror(errno));
-        if (((int (*)(void))span.rx)() != 42)
-            model_fail(m, "the cache does not work any more: the code does not run");
-        const size_t off = (uintptr_t)span.rx - c->base;
-        alloc_record(m, c, h, off, from_fifo);
-        CALL(m, code_chunk_free(h));
-        freed_record(m, c, h, off, c->granule, true);
+        free_checked(m, ch);
         resync(m);
         check_all(m);
     }

@@ -176,8 +176,31 @@ struct mchunk *model_owner(struct mcache *c, size_t off);
 size_t model_holes(struct mcache *c);
 /* True when the cache offset off lies in a span a failed free retired. */
 bool model_retired_span(const struct mcache *c, size_t off);
+
+/* records.c */
+/* A handle whose record now waits: in the FIFO of freed records, or kept by the thread cache. */
+void model_stale_add(struct model *m, struct mcache *c, struct code_chunk *h, size_t off,
+                     size_t size, bool kept);
+void model_stale_drop_cache(struct model *m, const struct mcache *c);
+/* Drops the handles whose record may have been reused: only those are documented misuse. */
+void model_stale_prune(struct model *m);
+/* Whether thread caches work in this process (asked of the library once). */
+bool model_tcache_works(void);
 /* The kept chunk holding the cache offset off, or NULL. */
 const struct mkept *model_kept_at(const struct mcache *c, size_t off);
+/* The kept chunk code_cache_alloc of n bytes takes back without the lock, or NULL. */
+const struct mkept *model_kept_due(const struct mcache *c, size_t n);
+void model_kept_remove(struct mcache *c, unsigned i);
+/* Every kept chunk back to the index (no room for an allocation; a reset), counted. */
+void model_kept_give_back_all(struct model *m, struct mcache *c, uint64_t *counted);
+/* The chunk h at [off, +size) was freed: kept by the thread cache when it may be (keepable: no
+ * veneers, no names), else its record joins the FIFO of freed records. */
+void model_freed_record(struct model *m, struct mcache *c, struct code_chunk *h, size_t off,
+                        size_t size, bool keepable);
+/* code_cache_alloc returned h at off: true when it was a kept chunk (see records.c). */
+bool model_alloc_record(struct model *m, struct mcache *c, struct code_chunk *h, size_t off,
+                        bool from_fifo);
+void model_kept_forget(struct mcache *c); /* the cache is destroyed */
 
 /* check.c */
 void check_all(struct model *m);
