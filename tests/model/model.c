@@ -1402,10 +1402,11 @@ static void op_free(struct model *m, struct model_input *in)
         free_checked(m, ch);
 }
 
-/* A method JIT on one cache: one function at a time, allocated, written, sealed, run and freed,
- * of 1 B - 1 KiB (the sizes thread caches keep), enough of them that kept chunks come back once
- * 1,024 frees followed them, and, in a small cache, that allocations find no room and take back
- * what the thread keeps. */
+/* A method JIT on one cache: one function at a time, allocated and freed, of 1 B - 1 KiB (the
+ * sizes thread caches keep), enough of them (64 - 2,104) that kept chunks come back once 1,024
+ * frees followed them, and, in a small cache, that allocations find no room and take back what
+ * the thread keeps. Every fourth is written, sealed and run before its free: with every one, the
+ * fuzzer ran 477 inputs in 120 s instead of 614 (without this operation at all, about 1,900). */
 static void op_methods(struct model *m, struct model_input *in)
 {
     struct mcache *c = need_cache(m, in);
@@ -1421,7 +1422,7 @@ static void op_methods(struct model *m, struct model_input *in)
         if (ch == NULL)
             continue; /* ENOSPC, predicted */
         uint32_t offset;
-        if (chunk_alloc_checked(m, ch, JIT_RETURN_SIZE, 1, &offset)) {
+        if (i % 4 == 0 && chunk_alloc_checked(m, ch, JIT_RETURN_SIZE, 1, &offset)) {
             write_return(ch, offset, JIT_RETURN_SIZE, (int)rng);
             add_fn(ch, (struct mfn){.off = offset,
                                     .len = JIT_RETURN_SIZE,
