@@ -12,13 +12,17 @@
  * of mappings and of open descriptors, and checks that no mapping is writable and executable.
  * After the warm-up (the first fifth), the peak of each figure in the second half of the run may
  * not exceed its peak in the first half by more than a small slack (10%, plus 4 MiB of RSS, 1 MiB
- * committed, 32 mappings, and the 2 descriptors a cache of the third thread may hold at a
- * sample): a leak fails the soak. Committed bytes are watched in two parts: those of chunks and of
- * the step committed ahead, and the freed bytes kept ready, which swing by design between the
- * megabyte of quarantine and the 4 MiB at which a batch gives them back (lib/cache.c,
- * CACHE_READY_QUARANTINE and CACHE_READY_MAX): their slack is that swing, 3 MiB per cache. The
- * figures at the start, the middle and the end are printed, and at the end every cache is destroyed
- * and the descriptors and jemalloc's bytes must be back where they started.
+ * committed, and the 2 descriptors a cache of the third thread may hold at a sample): a leak
+ * fails the soak. Mappings get 50% plus 128: the mprotect cache's follow how its live chunks
+ * (sealed, open) interleave with freed spans, each run a mapping of its own, anywhere from about
+ * 70 to several hundred (up to 300 chunks and 512 freed spans) as the random workload goes; a
+ * peak of 267 in the first half and 352 in the second failed a run with the old 10% plus 32,
+ * with no change in the library. A leak grows without bound. Committed bytes are watched in two
+ * parts: those of chunks and of the step committed ahead, and the freed bytes kept ready, which
+ * swing by design between the megabyte of quarantine and the 4 MiB at which a batch gives them back
+ * (lib/cache.c, CACHE_READY_QUARANTINE and CACHE_READY_MAX): their slack is that swing, 3 MiB per
+ * cache. The figures at the start, the middle and the end are printed, and at the end every cache
+ * is destroyed and the descriptors and jemalloc's bytes must be back where they started.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -295,7 +299,7 @@ int main(int argc, char **argv)
     if (peak2.rss_kib > peak1.rss_kib + peak1.rss_kib / 10 + 4096 ||
         peak2.committed > peak1.committed + peak1.committed / 10 + (1 << 20) ||
         peak2.ready > peak1.ready + peak1.ready / 10 + 2 * ((size_t)3 << 20) ||
-        peak2.mappings > peak1.mappings + peak1.mappings / 10 + 32 || peak2.fds > peak1.fds + 2)
+        peak2.mappings > peak1.mappings + peak1.mappings / 2 + 128 || peak2.fds > peak1.fds + 2)
         fail("growth after the warm-up: peaks RSS %zu -> %zu KiB, committed %zu -> %zu KiB, "
              "ready %zu -> %zu KiB, mappings %zu -> %zu, fds %zu -> %zu",
              peak1.rss_kib, peak2.rss_kib, peak1.committed >> 10, peak2.committed >> 10,
