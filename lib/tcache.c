@@ -252,23 +252,16 @@ bool tcache_free(struct code_chunk *chunk)
 
 /* ---- Giving chunks back (the cache's lock held) ---- */
 
-/* The oldest `count` chunks of a bin back to the cache's index. */
-static size_t tcache_give_back(struct code_cache *cache, struct tcache *tc, size_t n, size_t count)
-{
-    size_t given = 0;
-    struct code_chunk *chunk;
-    while (given < count && (chunk = tcache_pop(cache, tc, n, false)) != NULL) {
-        space_put_back(cache, chunk);
-        given++;
-    }
-    return given * n;
-}
-
+/* Every kept chunk back to the cache's index, size by size, oldest first; the granules. */
 static size_t tcache_give_back_all(struct code_cache *cache, struct tcache *tc)
 {
     size_t granules = 0;
+    struct code_chunk *chunk;
     for (size_t n = 1; n <= TCACHE_CLASSES; n++)
-        granules += tcache_give_back(cache, tc, n, SIZE_MAX);
+        while ((chunk = tcache_pop(cache, tc, n, false)) != NULL) {
+            space_put_back(cache, chunk);
+            granules += n;
+        }
     return granules;
 }
 
@@ -286,8 +279,10 @@ static void tcache_flush(struct code_cache *cache, struct tcache *tc)
         uint32_t age = 0;
         for (size_t n = 1; n <= TCACHE_CLASSES; n++) {
             const uint32_t head = tcache_bin_head(&tc->bin[n]);
-            if (head != 0 && tc->frees - chunks_at(cache, head - 1)->kept_at >= age) {
-                age = tc->frees - chunks_at(cache, head - 1)->kept_at;
+            const uint32_t head_age =
+                head != 0 ? tc->frees - chunks_at(cache, head - 1)->kept_at : 0;
+            if (head != 0 && head_age >= age) {
+                age = head_age;
                 oldest = n;
             }
         }
