@@ -85,6 +85,7 @@ static int cache_find_object(const void *near, uintptr_t *lo, uintptr_t *hi)
  */
 static bool cache_exec_allowed;
 
+static void caches_watch_fork(void);
 static void caches_add(struct code_cache *cache);
 
 static int cache_probe_exec(struct code_cache *cache)
@@ -152,6 +153,8 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
         }
     }
 
+    /* Before the first lock of ours is taken: a fork() while this create holds the pool's. */
+    caches_watch_fork();
     struct meta meta;
     if (meta_open(&meta) != 0)
         return NULL;
@@ -257,8 +260,10 @@ void cache_unlock(struct code_cache *cache)
  * would make a call in the child (stats, free, destroy) wait forever for threads that do not
  * exist there. So fork() waits until it holds every cache's lock, which no thread holds for long
  * (never across a system call, but in a reset), and the child clears what the missing threads
- * had counted. The list is also how a thread that exits knows whether a cache it kept chunks of
- * still exists (tcache.c).
+ * had counted. The process-wide locks come after the caches' (the order a free takes them in):
+ * the debugger's list (gdbjit.c) and the pool of arenas (meta.c, taken by a create or a destroy,
+ * which the handlers are registered before). The list is also how a thread that exits knows
+ * whether a cache it kept chunks of still exists (tcache.c).
  */
 static pthread_mutex_t caches_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct code_cache *caches; /* under caches_lock */
@@ -283,7 +288,7 @@ struct code_cache *caches_find(uint64_t serial)
 }
 
 /* The list's lock first, as everywhere; then each cache's, then its harden_lock (taken inside the
- * cache's lock by a free, so in that order). */
+ * cache's lock by a free, so in that order); then the process-wide ones. */
 static void caches_before_fork(void)
 {
     pthread_mutex_lock(&caches_lock);
@@ -292,10 +297,14 @@ static void caches_before_fork(void)
         if (c->harden)
             pthread_mutex_lock(&c->harden_lock);
     }
+    gdbjit_prefork();
+    meta_prefork();
 }
 
 static void caches_after_fork_parent(void)
 {
+    meta_postfork();
+    gdbjit_postfork();
     for (struct code_cache *c = caches; c != NULL; c = c->next_cache) {
         if (c->harden)
             pthread_mutex_unlock(&c->harden_lock);
@@ -306,6 +315,8 @@ static void caches_after_fork_parent(void)
 
 static void caches_after_fork_child(void)
 {
+    meta_postfork();
+    gdbjit_postfork();
     for (struct code_cache *c = caches; c != NULL; c = c->next_cache) {
         c->in_flight = 0;
         c->committing = false;
@@ -323,12 +334,17 @@ static void caches_after_fork_child(void)
 
 static void caches_register_atfork(void)
 {
+    meta_init_allocator();
     pthread_atfork(caches_before_fork, caches_after_fork_parent, caches_after_fork_child);
+}
+
+static void caches_watch_fork(void)
+{
+    pthread_once(&caches_once, caches_register_atfork);
 }
 
 static void caches_add(struct code_cache *cache)
 {
-    pthread_once(&caches_once, caches_register_atfork);
     pthread_mutex_lock(&caches_lock);
     cache->next_cache = caches;
     caches = cache;

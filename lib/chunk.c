@@ -132,11 +132,16 @@ void chunks_retire(struct code_cache *cache, struct code_chunk *chunk)
 void chunks_after_fork_child(struct code_cache *cache)
 {
     /* The thread that was sealing is not in the child: the chunk is OPEN there, as if the seal
-     * had not begun (the count of sealed chunks may already include it), so that a free or a
-     * destroy in the child does not wait for the seal to settle. */
-    for (size_t id = 0; id < cache->records_used; id++)
-        if (chunk_load_state(chunks_at(cache, id)) == CHUNK_SEALING)
+     * had not begun, so that a free or a destroy in the child does not wait for the seal to
+     * settle. The seal may have counted it already: the count is made again. */
+    size_t sealed = 0;
+    for (size_t id = 0; id < cache->records_used; id++) {
+        uint8_t state = chunk_load_state(chunks_at(cache, id));
+        if (state == CHUNK_SEALING)
             chunk_store_state(chunks_at(cache, id), CHUNK_OPEN);
+        sealed += state == CHUNK_SEALED;
+    }
+    __atomic_store_n(&cache->sealed_chunks, sealed, __ATOMIC_RELAXED);
 }
 
 void chunks_release_all(struct code_cache *cache)

@@ -68,5 +68,9 @@ void perf_jitdump_announce(uintptr_t start, size_t size, const char *name, size_
 void gdbjit_register(struct meta *meta, struct debug_names *names, uintptr_t text,
                      size_t text_size);
 void gdbjit_unregister(struct meta *meta, struct debug_names *names);
+/* cache.c, around fork(): the list's lock is held across it (after every cache's lock, the order
+ * of an unregistering free), so that the child finds it free and the list whole. */
+void gdbjit_prefork(void);
+void gdbjit_postfork(void);
 
 #endif

@@ -219,6 +219,16 @@ void gdbjit_register(struct meta *meta, struct debug_names *names, uintptr_t tex
         meta_free(meta, old, old->bytes);
 }
 
+void gdbjit_prefork(void)
+{
+    pthread_mutex_lock(&gdbjit_lock);
+}
+
+void gdbjit_postfork(void)
+{
+    pthread_mutex_unlock(&gdbjit_lock);
+}
+
 void gdbjit_unregister(struct meta *meta, struct debug_names *names)
 {
     pthread_mutex_lock(&gdbjit_lock);

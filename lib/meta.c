@@ -61,6 +61,29 @@ int meta_open(struct meta *m)
     return 0;
 }
 
+/* The pool's lock is taken last before fork() (no other lock of ours is taken under it), and
+ * jemalloc's own handlers must run after ours: meta_open takes jemalloc's locks under this one, and
+ * a fork that took them first would wait for it forever. Prepare handlers run in the reverse order
+ * of their registration, and jemalloc registers its at its first call, which the jemalloc that
+ * replaces malloc has made long before, but a private one (--with-private-jemalloc) makes only
+ * when asked: so ask it something. */
+void meta_init_allocator(void)
+{
+    unsigned narenas;
+    size_t len = sizeof narenas;
+    (void)mallctl("arenas.narenas", &narenas, &len, NULL, 0);
+}
+
+void meta_prefork(void)
+{
+    pthread_mutex_lock(&meta_pool_lock);
+}
+
+void meta_postfork(void)
+{
+    pthread_mutex_unlock(&meta_pool_lock);
+}
+
 void meta_close(struct meta *m)
 {
     char name[64];

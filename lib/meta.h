@@ -11,6 +11,12 @@ struct meta {
 
 int meta_open(struct meta *m); /* 0, or -1 + errno (ENOMEM) */
 void meta_close(struct meta *m);
+/* cache.c, around fork(): the pool's lock is held across it, so that the child finds it free.
+ * meta_init_allocator first, once, before the handlers are registered: jemalloc registers its own
+ * at its first call, and they must run after ours (see meta.c). */
+void meta_init_allocator(void);
+void meta_prefork(void);
+void meta_postfork(void);
 void *meta_alloc(struct meta *m, size_t size); /* zeroed; NULL + ENOMEM */
 /* The same for a large block that is touched gradually (the slabs of a table): pages never
  * touched stay unbacked where jemalloc knows them to be zero already. */

@@ -59,7 +59,9 @@ static void in_child(void (*body)(void *), void *arg)
     int status;
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     cr_assert(!WIFSIGNALED(status), "the child died of signal %d%s", WTERMSIG(status),
-              WTERMSIG(status) == SIGALRM ? " (an assertion of check_maps failed in it)" : "");
+              WTERMSIG(status) == SIGALRM
+                  ? " (its alarm: it waited, or an assertion of check_maps failed in it)"
+                  : "");
     cr_assert_eq(WEXITSTATUS(status), 0, "the child failed a check (see its message above)");
 }
 
@@ -247,9 +249,11 @@ Test(fork, the_child_runs_sealed_code_and_never_writes_to_the_parents)
 
 /* Threads at work while the test forks: one function at a time, allocated, sealed, run and freed
  * (with the dual backend through the thread's cache, without the lock); the same with a name
- * (the locked way); and short-lived threads that exit with chunks kept. */
+ * (the locked way, and gdb's list of objects: the cache has CODE_CACHE_GDB_JIT); short-lived
+ * threads that exit with chunks kept; and caches created and destroyed (the pool of arenas). */
 struct busy {
     struct code_cache *cache;
+    unsigned flags;
     atomic_bool stop;
 };
 
@@ -288,6 +292,16 @@ static void *busy_short_lived(void *arg)
     return NULL;
 }
 
+static void *busy_creator(void *arg)
+{
+    struct busy *b = arg;
+    while (!atomic_load(&b->stop)) {
+        struct code_cache_options opts = {.size = 1 << 20, .flags = test_backend_flags()};
+        code_cache_destroy(code_cache_create(&opts));
+    }
+    return NULL;
+}
+
 static void *busy_spawner(void *arg)
 {
     struct busy *b = arg;
@@ -313,6 +327,19 @@ static void child_does_not_wait(void *arg)
     child_check(c == NULL || !test_cache_is_dual(b->cache), "a dual cache allocated in a child");
     code_chunk_free(c);
     code_cache_destroy(b->cache);
+    /* A cache of the child's own: an arena from the pool, a name registered with gdb and gone. */
+    struct code_cache *mine =
+        code_cache_create(&(struct code_cache_options){.size = 1 << 20, .flags = b->flags});
+    child_check(mine != NULL, "code_cache_create in the child: %s", strerror(errno));
+    c = code_cache_alloc(mine, 64);
+    child_check(c != NULL, "code_cache_alloc in the child's cache: %s", strerror(errno));
+    jit_fn fn = try_emit_return(c, 9);
+    child_check(fn != NULL, "emit: %s", strerror(errno));
+    child_check(code_chunk_name(c, (const void *)fn, 6, "child") == 0, "name: %s", strerror(errno));
+    child_check(code_chunk_seal(c) == 0, "seal: %s", strerror(errno));
+    child_check(fn() == 9, "the child's named function");
+    code_chunk_free(c);
+    code_cache_destroy(mine);
 }
 
 Test(fork, a_child_forked_while_threads_work_does_not_wait_for_them)
@@ -323,11 +350,13 @@ Test(fork, a_child_forked_while_threads_work_does_not_wait_for_them)
      * minutes: the suite under ASan runs it natively. */
     if (test_under_valgrind())
         cr_skip_test("slow under valgrind (minutes per child); run natively by the ASan suite");
-    struct busy b = {.cache = test_cache_near_helper(4 << 20)};
-    pthread_t threads[3];
+    unsigned flags = test_backend_flags() | CODE_CACHE_GDB_JIT;
+    struct busy b = {.cache = test_cache_near_helper_flags(4 << 20, flags), .flags = flags};
+    pthread_t threads[4];
     cr_assert_eq(pthread_create(&threads[0], NULL, busy_unnamed, &b), 0);
     cr_assert_eq(pthread_create(&threads[1], NULL, busy_named, &b), 0);
     cr_assert_eq(pthread_create(&threads[2], NULL, busy_spawner, &b), 0);
+    cr_assert_eq(pthread_create(&threads[3], NULL, busy_creator, &b), 0);
     usleep(100 * 1000);
     const int forks = 24;
     for (int i = 0; i < forks; i++) {
@@ -335,7 +364,7 @@ Test(fork, a_child_forked_while_threads_work_does_not_wait_for_them)
         usleep(1000 * (unsigned)(i % 7));
     }
     atomic_store(&b.stop, true);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         pthread_join(threads[i], NULL);
     code_cache_destroy(b.cache);
 }
