@@ -211,22 +211,32 @@ bool tcache_free(struct code_chunk *chunk)
     }
     if (!tcache_enter(cache, tc))
         return false;
-    /* SEALING (a seal in another thread: a misuse) is waited out, and a chunk that is not live is
-     * reported, by the locked way. */
+    /* The chunk is claimed before anything is written: a second free of it in another thread
+     * (a misuse) then loses the exchange and meets the locked way's report, instead of clearing
+     * words and writing traps where, by then, the winner's next chunk may be. SEALING (a seal in
+     * another thread: a misuse too) is waited out, and a chunk that is not live reported, by the
+     * locked way. */
     uint8_t state = chunk_load_state(chunk);
-    if (state != CHUNK_OPEN && state != CHUNK_SEALED) {
+    if ((state != CHUNK_OPEN && state != CHUNK_SEALED) ||
+        !__atomic_compare_exchange_n(&chunk->state, &state, CHUNK_FREEING, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
         tcache_leave(tc);
         return false;
     }
-    /* As code_chunk_free: the words first, while the chunk is still live. Then the traps, before
-     * the state changes: should they fail, the chunk is still live and the locked way starts
-     * over (it writes them again, or retires the span), with nothing to undo here. (It cannot
-     * fail where scrub_in_lock says the scrub is stores alone.) */
+    /* Claimed, the extent cannot change any more; read before, it could have (a free and a
+     * reuse in between, a misuse). Then the words: a find meanwhile returns a chunk being freed,
+     * which its contract allows. Then the traps. Should they fail (they cannot where
+     * scrub_in_lock says the scrub is stores alone), the chunk is live again, as it was, and the
+     * locked way starts over. */
+    if (chunk_load_extent(chunk) != extent) {
+        chunk_store_state(chunk, state);
+        tcache_leave(tc);
+        return false;
+    }
     find_clear(cache, first, n);
-    if (cache->wx->scrub(cache, first << shift, n << shift, state == CHUNK_SEALED) != 0 ||
-        !__atomic_compare_exchange_n(&chunk->state, &state, CHUNK_FREEING, false, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_ACQUIRE)) {
-        /* Or another thread began to seal it (a misuse): the locked way waits for the seal. */
+    if (cache->wx->scrub(cache, first << shift, n << shift, state == CHUNK_SEALED) != 0) {
+        find_set(cache, first, n, chunk->id);
+        chunk_store_state(chunk, state);
         tcache_leave(tc);
         return false;
     }
