@@ -10,7 +10,8 @@
  *      once, Rss twice), the pages of the cache's memory file (fstat of /proc/self/fd), the
  *      library's stats.committed, meta_bytes and meta_resident, asmjit's own statistics. Then
  *      once more after each of them was replaced once (freed, a new one made), oldest first.
- *      Each implementation is measured while the others are idle.
+ *      Each implementation is measured in a process of its own, a new one for every repetition
+ *      (impl_turn): the implementations take turns, none runs amid the others' memory.
  *   2. With those 100,000 alive, one operation frees the oldest function and allocates, writes,
  *      seals and calls a new one (a FIFO); and, on the side, the tight loop with nothing else
  *      alive: allocate, write, seal, call, free. Time on the thread's CPU clock, per function;
@@ -33,6 +34,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "code_cache.h"
 #include "bench.h"
@@ -75,6 +78,9 @@ struct impl_state {
     uint64_t ops[2];
     uint64_t calls_total[2];
     size_t stats_total[2];
+    /* The library's statistics at the end of a turn (the parent has no cache: has_cache). */
+    bool has_cache;
+    struct code_cache_stats end;
 };
 
 static void die(const char *what)
@@ -292,21 +298,99 @@ static void impl_close(struct impl_state *s)
     bench_free(&s->tight);
 }
 
+/* What one turn of one implementation measured, in memory shared with the parent. */
+struct impl_turn {
+    bool available, has_cache;
+    double fifo, tight;
+    double rss[2], pss[2], file[2], committed[2], meta[2], meta_res[2], tp_sys[2];
+    uint64_t ops[2], calls_total[2];
+    size_t stats_total[2];
+    struct code_cache_stats end;
+};
+
+/* One turn of one implementation, in a child process of its own: filled with LIVE functions
+ * (memory read), each replaced once, then one timed FIFO repetition and one of the tight loop;
+ * the first turn also counts system calls on the kernel's tracepoints. A JIT's process has one
+ * code allocator: measured in one process, each implementation ran amid the other four's 400 MB
+ * of live functions, and whichever reused memory it had just touched (the thread caches'
+ * quarantine) found it evicted by the others' turns. 1 KiB FIFO, dual against asmjit rwx: 1.4x
+ * to 1.8x slower that way, level in a process of its own (bench/README.md, seventh session). */
+static void impl_turn(enum impl impl, size_t size, int reps, bool first, struct impl_turn *out)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        die("dual: fork");
+    if (pid == 0) {
+        struct impl_state s;
+        impl_open(&s, impl, size, reps);
+        *out = (struct impl_turn){.available = s.available, .has_cache = s.cache != NULL};
+        if (s.available) {
+            impl_fill(&s);
+            out->fifo = impl_ops(&s, 0, OPS_TIMED) / OPS_TIMED;
+            out->tight = impl_ops(&s, 1, OPS_TIMED) / OPS_TIMED;
+            for (int k = 0; k < 2; k++) {
+                out->rss[k] = s.rss[k], out->pss[k] = s.pss[k], out->file[k] = s.file[k];
+                out->committed[k] = s.committed[k], out->meta[k] = s.meta[k];
+                out->meta_res[k] = s.meta_res[k];
+                out->ops[k] = s.ops[k], out->calls_total[k] = s.calls_total[k];
+                out->stats_total[k] = s.stats_total[k];
+            }
+            if (first) {
+                impl_count(&s, 0);
+                impl_count(&s, 1);
+                out->tp_sys[0] = s.tp_sys[0], out->tp_sys[1] = s.tp_sys[1];
+            }
+            if (s.cache != NULL)
+                code_cache_get_stats(s.cache, &out->end);
+        }
+        impl_close(&s);
+        fflush(NULL);
+        _exit(0);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "dual: the turn of %s failed\n", impl_name[impl]);
+        exit(2);
+    }
+}
+
 static void one_size(size_t size, int reps)
 {
     struct impl_state st[NIMPL];
     bench_code_template(template_code, size);
-    for (int i = 0; i < NIMPL; i++) {
-        impl_open(&st[i], (enum impl)i, size, reps);
-        impl_fill(&st[i]);
-    }
+    struct impl_turn *turn =
+        mmap(NULL, sizeof *turn, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (turn == MAP_FAILED)
+        die("dual: mmap (turns)");
+    for (int i = 0; i < NIMPL; i++)
+        st[i] = (struct impl_state){.impl = (enum impl)i, .size = size, .available = true};
+    /* The implementations take turns, so that a noisy phase of this VM falls on all alike. */
     for (int rep = 0; rep < reps; rep++)
         for (int i = 0; i < NIMPL; i++) {
-            if (!st[i].available)
+            struct impl_state *s = &st[i];
+            if (!s->available)
                 continue;
-            bench_add(&st[i].fifo, impl_ops(&st[i], 0, OPS_TIMED) / OPS_TIMED);
-            bench_add(&st[i].tight, impl_ops(&st[i], 1, OPS_TIMED) / OPS_TIMED);
+            impl_turn((enum impl)i, size, reps, rep == 0, turn);
+            s->available = turn->available;
+            if (!s->available)
+                continue;
+            s->has_cache = turn->has_cache;
+            s->end = turn->end;
+            bench_add(&s->fifo, turn->fifo);
+            bench_add(&s->tight, turn->tight);
+            for (int k = 0; k < 2; k++) {
+                s->ops[k] += turn->ops[k];
+                s->calls_total[k] += turn->calls_total[k];
+                s->stats_total[k] += turn->stats_total[k];
+                if (rep > 0)
+                    continue;
+                s->rss[k] = turn->rss[k], s->pss[k] = turn->pss[k], s->file[k] = turn->file[k];
+                s->committed[k] = turn->committed[k], s->meta[k] = turn->meta[k];
+                s->meta_res[k] = turn->meta_res[k], s->tp_sys[k] = turn->tp_sys[k];
+            }
         }
+    munmap(turn, sizeof *turn);
     for (int i = 0; i < NIMPL; i++) {
         if (!st[i].available)
             continue;
@@ -314,8 +398,6 @@ static void one_size(size_t size, int reps)
             st[i].calls_sys[kind] = (double)st[i].calls_total[kind] / (double)st[i].ops[kind];
             st[i].stats_sys[kind] = (double)st[i].stats_total[kind] / (double)st[i].ops[kind];
         }
-        impl_count(&st[i], 0);
-        impl_count(&st[i], 1);
     }
 
     printf("dual: functions of %zu B, one per chunk (allocated, written, sealed, called, freed); "
@@ -340,7 +422,7 @@ static void one_size(size_t size, int reps)
         if (!st[i].available)
             continue;
         printf("  syscalls/%zuB/%-22s FIFO: %s%.4f / %.4f / ", size, impl_name[i],
-               st[i].cache != NULL ? "" : "(n/a) ", st[i].stats_sys[0], st[i].calls_sys[0]);
+               st[i].has_cache ? "" : "(n/a) ", st[i].stats_sys[0], st[i].calls_sys[0]);
         if (st[i].tp_sys[0] >= 0)
             printf("%.4f", st[i].tp_sys[0]);
         else
@@ -364,7 +446,7 @@ static void one_size(size_t size, int reps)
                    s->pss[w] / (double)size, s->rss[w]);
             if (s->impl == DUAL || s->impl == DUAL_HARDEN)
                 printf(", file %.0f", s->file[w]);
-            if (s->cache != NULL)
+            if (s->has_cache)
                 printf(", committed %.0f (%.3gx), meta_bytes %.1f, meta_resident %.1f",
                        s->committed[w], s->committed[w] / (double)size, s->meta[w], s->meta_res[w]);
             else
@@ -373,10 +455,9 @@ static void one_size(size_t size, int reps)
         printf("\n");
     }
     for (int i = 0; i < NIMPL; i++) {
-        struct code_cache_stats cs;
-        if (st[i].cache == NULL)
+        if (!st[i].available || !st[i].has_cache)
             continue;
-        code_cache_get_stats(st[i].cache, &cs);
+        const struct code_cache_stats cs = st[i].end;
         /* Since 2026-12-02 freed space is reused before the end (ready spans once 1 MiB of
          * them waits): compare the address space used with what was handed out. */
         size_t used = cs.reserved - cs.never_used;
@@ -387,8 +468,10 @@ static void one_size(size_t size, int reps)
                    cs.never_used > 0 ? "never exhausted" : "EXHAUSTED", used / MIB, handed / MIB,
                    used < handed ? "freed space reused" : "no freed space reused");
     }
-    for (int i = 0; i < NIMPL; i++)
-        impl_close(&st[i]);
+    for (int i = 0; i < NIMPL; i++) {
+        bench_free(&st[i].fifo);
+        bench_free(&st[i].tight);
+    }
     fflush(stdout);
 }
 

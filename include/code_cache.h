@@ -20,9 +20,10 @@
  *   - dual mapping (CODE_CACHE_DUAL_MAP): one shared memory file mapped twice, write through .rw,
  *     run at .rx. Chunks are packed in 64-byte granules; seal and free make no system call and
  *     take no lock beyond a state change; sealed code can be patched. Best for one small
- *     function at a time: 0.2-0.27 us per function of 64 B-1 KiB allocated, written, sealed,
- *     called and freed with 100,000 alive, about what asmjit's JitAllocator takes without W^X
- *     (0.16-0.41 us), against 10-12 us with mprotect (bench/README.md has the measured costs).
+ *     function at a time: 0.1-0.2 us per function of 64 B-1 KiB allocated, written, sealed,
+ *     called and freed with 100,000 alive; 1.2x faster than asmjit's JitAllocator without W^X at
+ *     64 and 256 B, 1.05-1.7x slower at 1 KiB; against 7-8 us with mprotect (bench/README.md has
+ *     the measured costs).
  *
  * Errors follow mmap(2): functions return NULL, -1 or a span with .rw == NULL, and set errno to one
  * of the values documented above each declaration. A failed call leaves the cache usable.
