@@ -107,9 +107,9 @@ struct code_span {
 /* No thread caches. By default a dual-mapped cache (not with CODE_CACHE_DUAL_HARDEN) lets each
  * thread keep the chunks of up to 1 KiB it frees, trapped, and hand them out again to its own
  * allocations of the same size once 1,024 later frees followed them (the quarantine), without the
- * cache's lock: one function allocated, sealed and freed then costs about as much as with
- * asmjit's JitAllocator, which keeps no W^X at all (bench/README.md). A thread keeps at most
- * 2 MiB per cache; the rest, what it keeps when it exits, and everything when an allocation
+ * cache's lock: one function of 64 or 256 B allocated, sealed and freed then costs about 1.2x
+ * less than with asmjit's JitAllocator, which keeps no W^X at all (bench/README.md). A thread keeps
+ * at most 2 MiB per cache; the rest, what it keeps when it exits, and everything when an allocation
  * would fail with ENOSPC or the cache is reset, goes back to the cache. Meanwhile stats count
  * those chunks as free and ready, not as free spans, and their records are reused only by their
  * thread. With this flag every free goes back to the cache at once: the placement, record and
