@@ -85,7 +85,6 @@ static int cache_find_object(const void *near, uintptr_t *lo, uintptr_t *hi)
  */
 static bool cache_exec_allowed;
 
-static void caches_watch_fork(void);
 static void caches_add(struct code_cache *cache);
 
 static int cache_probe_exec(struct code_cache *cache)
@@ -153,8 +152,6 @@ struct code_cache *code_cache_create(const struct code_cache_options *opts)
         }
     }
 
-    /* Before the first lock of ours is taken: a fork() while this create holds the pool's. */
-    caches_watch_fork();
     struct meta meta;
     if (meta_open(&meta) != 0)
         return NULL;
@@ -261,13 +258,17 @@ void cache_unlock(struct code_cache *cache)
  * exist there. So fork() waits until it holds every cache's lock, which no thread holds for long
  * (never across a system call, but in a reset), and the child clears what the missing threads
  * had counted. The process-wide locks come after the caches' (the order a free takes them in):
- * the debugger's list (gdbjit.c) and the pool of arenas (meta.c, taken by a create or a destroy,
- * which the handlers are registered before). The list is also how a thread that exits knows
- * whether a cache it kept chunks of still exists (tcache.c).
+ * the debugger's list (gdbjit.c) and the pool of arenas (meta.c). The list is also how a thread
+ * that exits knows whether a cache it kept chunks of still exists (tcache.c).
+ *
+ * Every fork handler of the library is registered when it is loaded, by a constructor, not at
+ * the first code_cache_create: glibc (2.35 and later) runs only the handlers registered before a
+ * fork() began, and lets pthread_atfork return meanwhile, so a first create racing another
+ * thread's fork would take the pool's lock, then gdb's, with no handler to hold them across that
+ * fork (a reviewer's program: 6 of 60 children waited forever).
  */
 static pthread_mutex_t caches_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct code_cache *caches; /* under caches_lock */
-static pthread_once_t caches_once = PTHREAD_ONCE_INIT;
 
 void caches_lock_list(void)
 {
@@ -332,15 +333,14 @@ static void caches_after_fork_child(void)
     pthread_mutex_unlock(&caches_lock);
 }
 
-static void caches_register_atfork(void)
+/* jemalloc first (its handlers must run after ours: meta.c), then the generation of wx.c, these,
+ * and perf.c's, in the order the library used to register them lazily. */
+__attribute__((constructor)) static void caches_watch_fork(void)
 {
     meta_init_allocator();
+    (void)wx_fork_generation();
     pthread_atfork(caches_before_fork, caches_after_fork_parent, caches_after_fork_child);
-}
-
-static void caches_watch_fork(void)
-{
-    pthread_once(&caches_once, caches_register_atfork);
+    perf_watch_fork();
 }
 
 static void caches_add(struct code_cache *cache)

@@ -408,7 +408,9 @@ void code_chunk_free(struct code_chunk *chunk)
         }
         /* Clear its lookup words while the chunk is still live: a code_cache_find that sees
          * its id has found a chunk that was OPEN or SEALED at that instant, never one that
-         * code_chunk_span already calls gone. Idempotent if the exchange must be retried. */
+         * code_chunk_span already calls gone (a thread cache's free claims first, and there a
+         * find may return a chunk being freed, as its contract allows). Idempotent if the
+         * exchange must be retried. */
         uint64_t extent = chunk_load_extent(chunk);
         find_clear(cache, chunk_first(extent), chunk_granules(extent));
         if (__atomic_compare_exchange_n(&chunk->state, &state, CHUNK_FREEING, false,

@@ -60,6 +60,8 @@ static inline void debuginfo_retire(struct code_cache *cache, struct code_chunk 
 
 /* perf.c: one named function, where it runs (its code is read there). */
 void perf_map_announce(uintptr_t start, size_t size, const char *name, size_t len);
+/* perf.c: registers its fork handlers (once; cache.c's constructor, see there). */
+void perf_watch_fork(void);
 void perf_jitdump_announce(uintptr_t start, size_t size, const char *name, size_t len);
 
 /* gdbjit.c: (re)registers an in-memory ELF object for the chunk's names, its text at

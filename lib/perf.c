@@ -129,6 +129,11 @@ static void perf_register_atfork(void)
     pthread_atfork(perf_before_fork, perf_after_fork, perf_in_child);
 }
 
+void perf_watch_fork(void)
+{
+    pthread_once(&perf_atfork_once, perf_register_atfork);
+}
+
 /* The whole buffer list, in one call; a short write (a full disk) is given up, not retried: a
  * retry would interleave with other threads' lines. */
 static void perf_write(int fd, const struct iovec *iov, int n, const char *what)
@@ -148,7 +153,7 @@ static int map_open(void)
     int fd = __atomic_load_n(&map_fd, __ATOMIC_ACQUIRE);
     if (fd >= 0 || __atomic_load_n(&map_tried, __ATOMIC_ACQUIRE))
         return fd;
-    pthread_once(&perf_atfork_once, perf_register_atfork);
+    perf_watch_fork();
     pthread_mutex_lock(&perf_lock);
     if (!map_tried) {
         char path[64];
@@ -227,7 +232,7 @@ static int dump_open(void)
     int fd = __atomic_load_n(&dump_fd, __ATOMIC_ACQUIRE);
     if (fd >= 0 || __atomic_load_n(&dump_tried, __ATOMIC_ACQUIRE))
         return fd;
-    pthread_once(&perf_atfork_once, perf_register_atfork);
+    perf_watch_fork();
     pthread_mutex_lock(&perf_lock);
     if (!dump_tried) {
         char path[PATH_MAX];

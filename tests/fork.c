@@ -369,6 +369,99 @@ Test(fork, a_child_forked_while_threads_work_does_not_wait_for_them)
     code_cache_destroy(b.cache);
 }
 
+/* ---- A fork() racing the process's first code_cache_create ----
+ *
+ * glibc runs only the fork handlers registered before a fork() began, and lets pthread_atfork
+ * return while a fork runs the others. A library that registered its handlers at its first create
+ * had none for a fork begun a moment earlier, and that create could hold the pool of arenas' lock
+ * or gdb's (a named function) when the process was copied. Each worker below is a process that
+ * never made a cache: one thread forks, the program's own prepare handler holds the fork for 50 ms,
+ * and meanwhile the main thread makes the worker's first caches; the grandchild then makes a named
+ * function in a cache of its own, under an alarm. */
+static bool race_armed; /* in a worker only */
+static atomic_int race_fork_begun, race_forked;
+
+static void race_prepare(void)
+{
+    if (!race_armed)
+        return;
+    atomic_store(&race_fork_begun, 1);
+    usleep(50 * 1000);
+}
+
+static bool race_named_function(void)
+{
+    struct code_cache_options opts = {.size = 1 << 20,
+                                      .flags = test_backend_flags() | CODE_CACHE_GDB_JIT};
+    struct code_cache *cache = code_cache_create(&opts);
+    if (cache == NULL)
+        return false;
+    struct code_chunk *c = code_cache_alloc(cache, 64);
+    jit_fn fn = c != NULL ? try_emit_return(c, 4) : NULL;
+    bool ok = fn != NULL && code_chunk_name(c, (const void *)fn, 6, "first") == 0 &&
+              code_chunk_seal(c) == 0 && fn() == 4;
+    code_chunk_free(c);
+    code_cache_destroy(cache);
+    return ok;
+}
+
+static void *race_forker(void *arg)
+{
+    (void)arg;
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(5);
+        _exit(race_named_function() ? 0 : 3);
+    }
+    atomic_store(&race_forked, 1);
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid)
+        return (void *)(intptr_t)4;
+    if (WIFSIGNALED(status))
+        return (void *)(intptr_t)(WTERMSIG(status) == SIGALRM ? 1 : 2);
+    return (void *)(intptr_t)(WEXITSTATUS(status) == 0 ? 0 : 2);
+}
+
+/* 0: the grandchild did its work; 1: it waited until its alarm; 2 or more: another failure. */
+static int race_worker(void)
+{
+    race_armed = true;
+    pthread_t t;
+    if (pthread_create(&t, NULL, race_forker, NULL) != 0)
+        return 5;
+    while (!atomic_load(&race_fork_begun))
+        ;
+    while (!atomic_load(&race_forked))
+        if (!race_named_function())
+            return 6;
+    void *verdict;
+    pthread_join(t, &verdict);
+    return (int)(intptr_t)verdict;
+}
+
+Test(fork, a_fork_racing_the_first_create_leaves_no_lock_held)
+{
+    if (test_under_valgrind())
+        cr_skip_test("slow under valgrind (minutes per child); run natively by the ASan suite");
+    pthread_atfork(race_prepare, NULL, NULL);
+    const int workers = 40;
+    int waited = 0;
+    for (int i = 0; i < workers; i++) {
+        fflush(NULL);
+        pid_t pid = fork();
+        cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+        if (pid == 0)
+            _exit(race_worker());
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status), "worker %d died of signal %d", i, WTERMSIG(status));
+        cr_assert(WEXITSTATUS(status) <= 1, "worker %d failed (%d)", i, WEXITSTATUS(status));
+        waited += WEXITSTATUS(status);
+    }
+    cr_assert_eq(waited, 0, "%d of %d children of a fork racing the first create waited forever",
+                 waited, workers);
+}
+
 static void write_through(void *rw)
 {
     *(volatile unsigned char *)rw = 0x90;
