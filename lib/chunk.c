@@ -102,16 +102,28 @@ static void chunks_drop_veneers(struct code_cache *cache, struct code_chunk *chu
     chunk->veneers = NULL;
 }
 
-void chunks_open(struct code_cache *cache, struct code_chunk *chunk, size_t first, size_t granules)
+/* An empty OPEN chunk of granules, its extent already set; the state last (release): from there
+ * on code_cache_find, which reads it, sees a complete record. */
+static void chunk_make_open(struct code_cache *cache, struct code_chunk *chunk, size_t granules)
 {
     debuginfo_retire(cache, chunk);
-    __atomic_store_n(&chunk->extent, (uint64_t)first << 32 | granules, __ATOMIC_RELAXED);
     chunk->used = 0;
     chunk->veneer_floor = (uint32_t)(granules << cache->granule_shift);
     chunk->reserve = 0;
     chunk_store_state(chunk, CHUNK_OPEN);
+}
+
+void chunks_open(struct code_cache *cache, struct code_chunk *chunk, size_t first, size_t granules)
+{
+    __atomic_store_n(&chunk->extent, (uint64_t)first << 32 | granules, __ATOMIC_RELAXED);
+    chunk_make_open(cache, chunk, granules);
     /* Last: from here on code_cache_find sees a complete record. */
     find_set(cache, first, granules, chunk->id);
+}
+
+void chunks_reopen(struct code_cache *cache, struct code_chunk *chunk)
+{
+    chunk_make_open(cache, chunk, chunk_granules(chunk_load_extent(chunk)));
 }
 
 void chunks_retire(struct code_cache *cache, struct code_chunk *chunk)
@@ -408,9 +420,9 @@ void code_chunk_free(struct code_chunk *chunk)
         }
         /* Clear its lookup words while the chunk is still live: a code_cache_find that sees
          * its id has found a chunk that was OPEN or SEALED at that instant, never one that
-         * code_chunk_span already calls gone (a thread cache's free claims first, and there a
-         * find may return a chunk being freed, as its contract allows). Idempotent if the
-         * exchange must be retried. */
+         * code_chunk_span already calls gone (a thread cache's free claims first and leaves the
+         * words, and there find reads the state: find.c). Idempotent if the exchange must be
+         * retried. */
         uint64_t extent = chunk_load_extent(chunk);
         find_clear(cache, chunk_first(extent), chunk_granules(extent));
         if (__atomic_compare_exchange_n(&chunk->state, &state, CHUNK_FREEING, false,

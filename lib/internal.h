@@ -220,6 +220,9 @@ struct code_chunk *chunks_record(struct code_cache *cache);
 void chunks_unused(struct code_cache *cache, struct code_chunk *chunk); /* undo chunks_record */
 /* Fills a record for [first, first + granules) and makes it OPEN. */
 void chunks_open(struct code_cache *cache, struct code_chunk *chunk, size_t first, size_t granules);
+/* A chunk kept by a thread cache, OPEN again on its own span: its lookup words still name it
+ * (tcache.c). No lock needed: the thread cache owns it. */
+void chunks_reopen(struct code_cache *cache, struct code_chunk *chunk);
 void chunks_retire(struct code_cache *cache, struct code_chunk *chunk); /* -> FREED, FIFO */
 void chunks_release_all(struct code_cache *cache); /* destroy: every record's memory */
 /* A fork()ed child: seals that other threads had in progress never finish there. */
@@ -238,9 +241,9 @@ void caches_unlock_list(void);
 struct code_cache *caches_find(uint64_t serial);
 
 /* space.c: the free space, from which code_cache_alloc takes chunks. */
-/* A FREED chunk whose span is scrubbed (kept by a thread cache until now): the span back to the
- * index as free and ready, the record to the FIFO. No system call: a batch release due is left
- * to space_release_if_due. Caller holds the lock. */
+/* A FREED chunk whose span is scrubbed (kept by a thread cache until now): its lookup words
+ * cleared, the span back to the index as free and ready, the record to the FIFO. No system call: a
+ * batch release due is left to space_release_if_due. Caller holds the lock. */
 void space_put_back(struct code_cache *cache, struct code_chunk *chunk);
 void space_release_if_due(struct code_cache *cache);
 void space_init(struct code_cache *cache);

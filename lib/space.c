@@ -474,6 +474,9 @@ void space_put_back(struct code_cache *cache, struct code_chunk *chunk)
 {
     const uint64_t extent = chunk_load_extent(chunk);
     const size_t first = chunk_first(extent), n = chunk_granules(extent);
+    /* A kept chunk's lookup words still name it (tcache.c): cleared before its record can be
+     * reused, which would make them name another chunk. */
+    find_clear(cache, first, n);
     spans_put(&cache->spans, first, n, false, false);
     cache->free_granules += n;
     cache->live_granules -= n;

@@ -5,7 +5,14 @@
  * spans, the record FIFO and the granule counts, a 64-byte function cost some 1,040 instructions
  * and two lock round trips (bench/README.md), more than asmjit's JitAllocator with no W^X at all.
  * A chunk kept here keeps its span, its record and its place in the record table: taking it back
- * is a pop, its state, and its words of the find index.
+ * is a pop and its state.
+ *
+ * It keeps its words of the find index too: they still hold its id, and code_cache_find reads the
+ * record's state to tell a kept chunk from a live one (find.c). Clearing them at the free and
+ * writing them again at the reuse was two cold cache lines per function: bench/dual's 1 KiB FIFO
+ * took 177-211 ns with them and 119-133 ns without (medians of 5, four interleaved rounds each,
+ * 2026-12-03; asmjit's rwx JitAllocator 111-136 ns beside them). They are cleared when the chunk
+ * goes back to the cache's index (space_put_back), before its record can be reused.
  *
  * Only where a free is stores alone (wx_ops.scrub_in_lock: the dual backend, not hardened), and
  * only for chunks of up to TCACHE_CLASSES granules with no veneers and no names, whose free needs
@@ -179,7 +186,7 @@ struct code_chunk *tcache_alloc(struct code_cache *cache, size_t n)
         tc->allocated++;
         /* Code ran there: its seal resynchronises the other cores (arch_sync_cores). */
         chunk->reused = true;
-        chunks_open(cache, chunk, chunk_first(chunk_load_extent(chunk)), n);
+        chunks_reopen(cache, chunk);
     }
     tcache_leave(tc);
     return chunk;
@@ -212,8 +219,8 @@ bool tcache_free(struct code_chunk *chunk)
     if (!tcache_enter(cache, tc))
         return false;
     /* The chunk is claimed before anything is written: a second free of it in another thread
-     * (a misuse) then loses the exchange and meets the locked way's report, instead of clearing
-     * words and writing traps where, by then, the winner's next chunk may be. SEALING (a seal in
+     * (a misuse) then loses the exchange and meets the locked way's report, instead of writing
+     * traps where, by then, the winner's next chunk may be. SEALING (a seal in
      * another thread: a misuse too) is waited out, and a chunk that is not live reported, by the
      * locked way. */
     uint8_t state = chunk_load_state(chunk);
@@ -224,18 +231,16 @@ bool tcache_free(struct code_chunk *chunk)
         return false;
     }
     /* Claimed, the extent cannot change any more; read before, it could have (a free and a
-     * reuse in between, a misuse). Then the words: a find meanwhile returns a chunk being freed,
-     * which its contract allows. Then the traps. Should they fail (they cannot where
-     * scrub_in_lock says the scrub is stores alone), the chunk is live again, as it was, and the
-     * locked way starts over. */
+     * reuse in between, a misuse). Then the traps; the lookup words stay (a find meanwhile
+     * returns a chunk being freed, as its contract allows, and none once it is FREED). Should
+     * the traps fail (they cannot where scrub_in_lock says the scrub is stores alone), the chunk
+     * is live again, as it was, and the locked way starts over. */
     if (chunk_load_extent(chunk) != extent) {
         chunk_store_state(chunk, state);
         tcache_leave(tc);
         return false;
     }
-    find_clear(cache, first, n);
     if (cache->wx->scrub(cache, first << shift, n << shift, state == CHUNK_SEALED) != 0) {
-        find_set(cache, first, n, chunk->id);
         chunk_store_state(chunk, state);
         tcache_leave(tc);
         return false;

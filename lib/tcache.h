@@ -27,8 +27,8 @@ void tcache_after_fork_child(struct code_cache *cache);
  * enough wait (the quarantine), or NULL: the caller takes the lock. */
 struct code_chunk *tcache_alloc(struct code_cache *cache, size_t n);
 /* code_chunk_free without the lock: true when the chunk was scrubbed and kept by this thread;
- * false when the caller must free it the locked way (which may find its lookup words cleared
- * and its bytes trapped already, and does both again). */
+ * false when the caller must free it the locked way (which may find its bytes trapped already,
+ * and writes them again). A kept chunk's lookup words still name it: see tcache.c. */
 bool tcache_free(struct code_chunk *chunk);
 
 /* Caller holds the lock. tcache_stop stops every thread's fast paths (they take the lock instead,

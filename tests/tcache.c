@@ -284,6 +284,71 @@ Test(tcache, a_thread_that_exits_gives_its_chunks_back, .init = need_thread_cach
     code_cache_destroy(cache);
 }
 
+/* A kept chunk's lookup words still name it (lib/find.c): code_cache_find must tell it from a
+ * live chunk by its state, and the words must go when it goes back to the index, before its record
+ * can name another chunk. The thread frees a 128-byte chunk A, then 1,100 of 1 KiB (more than the
+ * 64 records that wait before one is reused, and than the megabyte of freed spans that waits
+ * before one is reused: lib/space.c), and exits: A goes back first, so the next record handed
+ * out is A's, and the next 64-byte chunk takes A's first granule, the lowest freed. A word of A's
+ * second granule left as it was would then name that chunk, which does not cover it. */
+struct kept_words {
+    struct code_cache *cache;
+    struct code_span a;
+};
+
+static void *free_a_then_more(void *arg)
+{
+    struct kept_words *kw = arg;
+    struct code_chunk *a = sealed_function(kw->cache, 128, 7);
+    static struct code_chunk *more[1100];
+    for (size_t i = 0; i < 1100; i++)
+        more[i] = sealed_function(kw->cache, 1024, (int)i);
+    kw->a = code_chunk_span(a);
+    code_chunk_free(a);
+    for (int v = 0; v < 2; v++) {
+        const char *view = v ? kw->a.rw : kw->a.rx;
+        cr_assert_null(code_cache_find(kw->cache, view), "a kept chunk was found");
+        cr_assert_null(code_cache_find(kw->cache, view + kw->a.size - 1));
+    }
+    for (size_t i = 0; i < 1100; i++)
+        code_chunk_free(more[i]);
+    return NULL;
+}
+
+/* Every granule of span: NULL, or a chunk that covers it. */
+static void expect_found_as_covering(struct code_cache *cache, struct code_span span)
+{
+    for (size_t off = 0; off < span.size; off += 64) {
+        const char *at = (const char *)span.rx + off;
+        struct code_chunk *c = code_cache_find(cache, at);
+        if (c == NULL)
+            continue;
+        struct code_span s = code_chunk_span(c);
+        cr_assert(at >= (const char *)s.rx && at < (const char *)s.rx + s.size,
+                  "find(%p) gave a chunk at [%p, +%zu), which does not cover it", (void *)at, s.rx,
+                  s.size);
+    }
+}
+
+Test(tcache, a_kept_chunk_is_not_found_and_its_words_go_with_it, .init = need_thread_caches)
+{
+    struct code_cache *cache = dual_cache(4 * MIB, 0);
+    struct kept_words kw = {.cache = cache};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, free_a_then_more, &kw), 0);
+    cr_assert_eq(pthread_join(t, NULL), 0);
+    struct code_chunk *c[4];
+    for (int i = 0; i < 4; i++) {
+        c[i] = sealed_function(cache, 64, i);
+        expect_found_as_covering(cache, kw.a);
+    }
+    cr_assert_eq(code_chunk_span(c[0]).rx, kw.a.rx, "the first 64-byte chunk is not at A");
+    cr_assert_eq(code_cache_find(cache, (const char *)kw.a.rx + 64), c[1]);
+    for (int i = 0; i < 4; i++)
+        code_chunk_free(c[i]);
+    code_cache_destroy(cache);
+}
+
 /* The 2 MiB flush gives back only chunks past their quarantine. A 1 KiB chunk X at the lowest
  * address is freed after 32,000 small ones, alone of its size; the flush comes 753 frees later.
  * Given back then (as "the oldest half of each size" did), X would be the lowest freed span that
