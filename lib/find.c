@@ -20,11 +20,12 @@
  * record, and the reader reads the record's state, between its two reads of the word: FREED is
  * not found, nor FREEING (the thread cache's free claims the chunk, then writes its traps: a
  * chunk found then would be gone by the time its caller looks at it, and the locked free clears
- * the words before it claims). The state is stored (release) after the rest of the record and, when the record is
- * reused, after its old words were cleared (space_put_back, under the lock): a reader that sees
- * the new life's state and then the same id in the word has the chunk that covers the granule
- * now. A second cache miss for a hit, which a free by pointer (find, then code_chunk_free, which
- * reads the record anyway) does not pay twice.
+ * the words before it claims). The state is stored (release) after the rest of the record and, when
+ * the record is reused, after its old words were cleared (space_put_back, under the lock): a reader
+ * that sees the new life's state and then the same id in the word has the chunk that covers the
+ * granule now. A second cache miss for a hit (bench/find, 100,000 live chunks: 55-79 ns instead of
+ * 27-42), which a free by pointer (find, then code_chunk_free, which reads the record anyway)
+ * does not pay twice.
  */
 #include "internal.h"
 
