@@ -231,8 +231,8 @@ bool tcache_free(struct code_chunk *chunk)
         return false;
     }
     /* Claimed, the extent cannot change any more; read before, it could have (a free and a
-     * reuse in between, a misuse). Then the traps; the lookup words stay (a find meanwhile
-     * returns a chunk being freed, as its contract allows, and none once it is FREED). Should
+     * reuse in between, a misuse). Then the traps; the lookup words stay (a find meanwhile reads
+     * the state and finds nothing: find.c). Should
      * the traps fail (they cannot where scrub_in_lock says the scrub is stores alone), the chunk
      * is live again, as it was, and the locked way starts over. */
     if (chunk_load_extent(chunk) != extent) {
