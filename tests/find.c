@@ -1,7 +1,9 @@
 /*
  * code_cache_find: the live chunk holding an address of either view, or NULL, for both backends;
  * from a signal handler (a SIGILL raised by JIT code asks which chunk it came from); and from a
- * thread that keeps looking while others allocate and free around the chunks it knows.
+ * thread that keeps looking while others allocate and free around the chunks it knows; and, on
+ * x86-64, a lookup stopped (ptrace) at each of its instructions while another thread gives a kept
+ * chunk back and reuses its record.
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -186,3 +188,164 @@ Test(find, finds_stable_chunks_while_others_come_and_go)
         code_cache_destroy(cache);
     }
 }
+
+/* ---- A lookup stopped at every instruction ---- */
+
+/* code_cache_find reads a granule's word, then (where thread caches keep chunks) the record's
+ * state, then the word again. A reader can be preempted between any two of those loads for as
+ * long as it takes another thread to give a kept chunk back and reuse its record elsewhere. Here
+ * that is made to happen at every instruction of the lookup: a child process's reader thread is
+ * single-stepped (ptrace) into code_cache_find and stopped after n instructions, n = 0, 1, 2...;
+ * meanwhile the child's main thread makes a kept chunk A (128 B) go back to the index (its
+ * thread exits) and takes A's record and first granule for a new 64-byte chunk, and a second one
+ * for A's second granule. The stopped lookup is for A's second granule: whatever n, it must give
+ * NULL or a chunk that covers that granule, never A's record (now the first new chunk). Without
+ * the second read of the word it does, at the n between the first read and the state's. */
+#if defined(__x86_64__)
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static struct code_cache *paused_cache;
+static struct code_span paused_a;
+static int paused_to_worker[2], paused_kept[2], paused_up[2], paused_cmd[2];
+static int paused_start; /* set by the parent through ptrace */
+static struct code_chunk *paused_result;
+
+static void *paused_worker(void *arg)
+{
+    (void)arg;
+    struct code_chunk *a = code_cache_alloc(paused_cache, 128);
+    static struct code_chunk *more[1100];
+    for (int i = 0; i < 1100; i++)
+        more[i] = code_cache_alloc(paused_cache, 1024);
+    paused_a = code_chunk_span(a);
+    code_chunk_free(a); /* kept by this thread, its words left in place */
+    char c;
+    if (write(paused_kept[1], "k", 1) != 1 || read(paused_to_worker[0], &c, 1) != 1)
+        _exit(3);
+    for (int i = 0; i < 1100; i++)
+        code_chunk_free(more[i]);
+    return NULL; /* its exit gives A back first (the smallest size), then the others */
+}
+
+static void *paused_reader(void *arg)
+{
+    (void)arg;
+    const char *at = (const char *)paused_a.rx + 64;
+    (void)code_cache_find(paused_cache, at); /* binds the call before the stepping */
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    if (write(paused_up[1], &tid, sizeof tid) != sizeof tid)
+        _exit(3);
+    while (!__atomic_load_n(&paused_start, __ATOMIC_ACQUIRE))
+        ;
+    paused_result = code_cache_find(paused_cache, at);
+    return NULL;
+}
+
+/* The child: 0 when the stopped lookup's answer is right, 1 when wrong, 3 on a setup failure. */
+static int paused_child(void)
+{
+    struct code_cache_options opts = {.size = 4 << 20, .flags = CODE_CACHE_DUAL_MAP};
+    paused_cache = code_cache_create(&opts);
+    pthread_t w, r;
+    char c;
+    if (paused_cache == NULL || pthread_create(&w, NULL, paused_worker, NULL) != 0 ||
+        read(paused_kept[0], &c, 1) != 1 || pthread_create(&r, NULL, paused_reader, NULL) != 0)
+        return 3;
+    /* The parent stops the reader, then asks for the change. */
+    if (read(paused_cmd[0], &c, 1) != 1 || write(paused_to_worker[1], "g", 1) != 1 ||
+        pthread_join(w, NULL) != 0)
+        return 3;
+    struct code_chunk *c0 = code_cache_alloc(paused_cache, 64);
+    struct code_chunk *c1 = code_cache_alloc(paused_cache, 64);
+    if (c0 == NULL || c1 == NULL || code_chunk_span(c0).rx != paused_a.rx)
+        return 3; /* the scenario did not happen: the test would prove nothing */
+    if (write(paused_up[1], "d", 1) != 1 || pthread_join(r, NULL) != 0)
+        return 3;
+    const char *at = (const char *)paused_a.rx + 64;
+    struct code_span s = paused_result ? code_chunk_span(paused_result) : (struct code_span){0};
+    return paused_result == NULL || (at >= (const char *)s.rx && at < (const char *)s.rx + s.size)
+               ? 0
+               : 1;
+}
+
+/* Runs the child with its reader stopped n instructions into code_cache_find. Returns the
+ * child's status, or -1 when the lookup had returned before n instructions. */
+static int paused_run(long n)
+{
+    cr_assert(pipe(paused_to_worker) == 0 && pipe(paused_kept) == 0 && pipe(paused_up) == 0 &&
+              pipe(paused_cmd) == 0);
+    pid_t child = fork();
+    cr_assert_neq(child, -1);
+    if (child == 0)
+        _exit(paused_child());
+    char c;
+    pid_t tid = 0;
+    cr_assert_eq(read(paused_up[0], &tid, sizeof tid), (ssize_t)sizeof tid,
+                 "the child's setup failed");
+    int st;
+    if (ptrace(PTRACE_SEIZE, tid, NULL, NULL) != 0) {
+        int e = errno;
+        kill(child, SIGKILL);
+        waitpid(child, &st, 0);
+        cr_skip_test("ptrace of a child's thread refused (%s: Yama's ptrace_scope?)", strerror(e));
+    }
+    cr_assert_eq(ptrace(PTRACE_INTERRUPT, tid, NULL, NULL), 0);
+    cr_assert_eq(waitpid(tid, &st, __WALL), tid);
+    /* Same addresses in the child (fork). */
+    cr_assert_eq(ptrace(PTRACE_POKEDATA, tid, &paused_start, (void *)1), 0);
+    const unsigned long long entry = (unsigned long long)(uintptr_t)&code_cache_find;
+    struct user_regs_struct regs;
+    unsigned long long sp_at_entry = 0;
+    bool returned = false;
+    for (long steps = 0;; steps++) {
+        cr_assert_eq(ptrace(PTRACE_GETREGS, tid, NULL, &regs), 0);
+        if (sp_at_entry == 0 && regs.rip == entry)
+            sp_at_entry = regs.rsp, steps = 0;
+        if (sp_at_entry != 0 && regs.rsp > sp_at_entry) {
+            returned = true; /* past the lookup's ret */
+            break;
+        }
+        if (sp_at_entry != 0 && steps >= n)
+            break;
+        cr_assert_lt(steps, 1000000, "the reader never reached code_cache_find");
+        cr_assert_eq(ptrace(PTRACE_SINGLESTEP, tid, NULL, NULL), 0);
+        cr_assert_eq(waitpid(tid, &st, __WALL), tid);
+    }
+    /* The reader stopped where it is: the main thread changes what it is looking at. */
+    cr_assert_eq(write(paused_cmd[1], "m", 1), 1);
+    cr_assert_eq(read(paused_up[0], &c, 1), 1, "the child's change failed");
+    cr_assert_eq(ptrace(PTRACE_DETACH, tid, NULL, NULL), 0);
+    cr_assert_eq(waitpid(child, &st, 0), child);
+    for (int i = 0; i < 2; i++) {
+        close(paused_to_worker[i]);
+        close(paused_kept[i]);
+        close(paused_up[i]);
+        close(paused_cmd[i]);
+    }
+    cr_assert(WIFEXITED(st), "the child died: status %#x", st);
+    cr_assert_neq(WEXITSTATUS(st), 3, "the child's scenario did not happen");
+    return returned ? -1 : WEXITSTATUS(st);
+}
+
+Test(find, a_lookup_stopped_at_every_instruction_while_a_kept_record_is_reused)
+{
+    if (test_under_valgrind() || test_under_emulator() || test_dual_fetch_is_stale())
+        cr_skip_test("ptrace of a thread of the test (not under valgrind or an emulator)");
+    long n = 0;
+    for (; n < 10000; n++) {
+        int rc = paused_run(n);
+        if (rc == -1)
+            break;
+        cr_assert_eq(rc, 0,
+                     "stopped %ld instructions into code_cache_find, the lookup returned "
+                     "a chunk that does not cover the address",
+                     n);
+    }
+    cr_assert_gt(n, 10, "the lookup returned after %ld instructions", n);
+    cr_log_info("code_cache_find stopped after each of its %ld instructions", n);
+}
+#endif
