@@ -50,6 +50,8 @@
 #define MIB       ((size_t)1 << 20)
 #define LIVE      100000
 #define OPS_TIMED 10000 /* per repetition */
+/* The floor's slots: LIVE, and the tight loop's one. */
+#define FLOOR_SLOTS (LIVE + 1)
 
 static unsigned char template_code[4096];
 
@@ -69,10 +71,11 @@ struct impl_state {
     struct code_cache *cache;
     struct bench_jit *jit;
     struct fn *ring; /* LIVE functions, oldest at head */
-    /* FLOOR: an rwx mapping of LIVE + 1 slots, the next never used, the last one freed. */
+    /* FLOOR: an rwx mapping of FLOOR_SLOTS slots, the next never used, the freed ones (a stack:
+     * the last freed is taken first). */
     unsigned char *slots;
-    size_t slots_used;
-    void *slot_freed;
+    size_t slots_used, nfreed;
+    void **freed;
     size_t head;
     uint32_t serial;
     /* Memory after filling, and after the timed churn: per live function. */
@@ -133,9 +136,10 @@ static void impl_open(struct impl_state *s, enum impl impl, size_t size, int rep
         return;
     }
     if (impl == FLOOR) {
-        s->slots = mmap(NULL, (LIVE + 1) * size, PROT_READ | PROT_WRITE | PROT_EXEC,
+        s->slots = mmap(NULL, FLOOR_SLOTS * size, PROT_READ | PROT_WRITE | PROT_EXEC,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (s->slots == MAP_FAILED)
+        s->freed = calloc(FLOOR_SLOTS, sizeof *s->freed);
+        if (s->slots == MAP_FAILED || s->freed == NULL)
             die("dual: mmap (floor)");
         return;
     }
@@ -169,8 +173,12 @@ static struct fn fn_new(struct impl_state *s)
     } else if (s->impl == FLOOR) {
         /* What any allocator must do at least: write the function and run it. The slot freed
          * last is taken again (the FIFO's oldest, the tight loop's only one), else a new one. */
-        rx = s->slot_freed != NULL ? s->slot_freed : s->slots + s->slots_used++ * s->size;
-        s->slot_freed = NULL;
+        if (s->nfreed > 0)
+            rx = s->freed[--s->nfreed];
+        else if (s->slots_used < FLOOR_SLOTS)
+            rx = s->slots + s->slots_used++ * s->size;
+        else
+            die("dual: the floor's slots ran out");
         bench_write_function(rx, template_code, s->size, index);
         __builtin___clear_cache((char *)rx, (char *)rx + s->size);
         f.handle = rx;
@@ -193,7 +201,7 @@ static void fn_free(struct impl_state *s, struct fn f)
     if (s->cache != NULL)
         code_chunk_free(f.handle);
     else if (s->impl == FLOOR)
-        s->slot_freed = f.handle;
+        s->freed[s->nfreed++] = f.handle;
 #ifdef BENCH_HAVE_ASMJIT
     else if (bench_jit_release(s->jit, f.handle) != 0)
         die("dual: asmjit release");
@@ -314,8 +322,10 @@ static void impl_close(struct impl_state *s)
             if (s->ring[i].handle != NULL)
                 fn_free(s, s->ring[i]);
     free(s->ring);
-    if (s->slots != NULL)
-        munmap(s->slots, (LIVE + 1) * s->size);
+    if (s->slots != NULL) {
+        munmap(s->slots, FLOOR_SLOTS * s->size);
+        free(s->freed);
+    }
     code_cache_destroy(s->cache);
 #ifdef BENCH_HAVE_ASMJIT
     if (s->jit != NULL)
