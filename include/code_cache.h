@@ -21,9 +21,10 @@
  *     run at .rx. Chunks are packed in 64-byte granules; seal and free make no system call and
  *     take no lock beyond a state change; sealed code can be patched. Best for one small
  *     function at a time: 0.1-0.2 us per function of 64 B-1 KiB allocated, written, sealed,
- *     called and freed with 100,000 alive; 1.1-1.2x faster than asmjit's JitAllocator without
- *     W^X at 64 and 256 B, about the same at 1 KiB (1.01x faster to 1.16x slower); against 7-8 us
- *     with mprotect (bench/README.md has the measured costs).
+ *     called and freed with 100,000 alive; 1.1-1.4x faster than asmjit's JitAllocator without
+ *     W^X at 64 and 256 B, about the same at 1 KiB (1.10x faster to 1.27x slower); against 7-8 us
+ *     with mprotect. Writing and running the function is about 60 ns of it at 64 B, with any
+ *     allocator or none (bench/README.md has the measured costs).
  *
  * Errors follow mmap(2): functions return NULL, -1 or a span with .rw == NULL, and set errno to one
  * of the values documented above each declaration. A failed call leaves the cache usable.
@@ -107,7 +108,7 @@ struct code_span {
 /* No thread caches. By default a dual-mapped cache (not with CODE_CACHE_DUAL_HARDEN) lets each
  * thread keep the chunks of up to 1 KiB it frees, trapped, and hand them out again to its own
  * allocations of the same size once 1,024 later frees followed them (the quarantine), without the
- * cache's lock: one function of 64 or 256 B allocated, sealed and freed then costs 1.1-1.2x
+ * cache's lock: one function of 64 or 256 B allocated, sealed and freed then costs 1.1-1.4x
  * less than with asmjit's JitAllocator, which keeps no W^X at all, and about the same at 1 KiB
  * (bench/README.md). code_cache_find reads a chunk's record in such a cache (a kept chunk's
  * lookup words still name it), a second memory access per lookup. A thread keeps
