@@ -222,6 +222,7 @@ static void *worker(void *arg)
     }
     while (n > 0)
         code_chunk_free(mine[--n].chunk);
+    check_accounting(cache, 0, "after freeing everything");
     return NULL;
 }
 
