@@ -220,9 +220,8 @@ bool tcache_free(struct code_chunk *chunk)
         return false;
     /* The chunk is claimed before anything is written: a second free of it in another thread
      * (a misuse) then loses the exchange and meets the locked way's report, instead of writing
-     * traps where, by then, the winner's next chunk may be. SEALING (a seal in
-     * another thread: a misuse too) is waited out, and a chunk that is not live reported, by the
-     * locked way. */
+     * traps where, by then, the winner's next chunk may be. SEALING (a seal in another thread: a
+     * misuse too) is waited out, and a chunk that is not live reported, by the locked way. */
     uint8_t state = chunk_load_state(chunk);
     if ((state != CHUNK_OPEN && state != CHUNK_SEALED) ||
         !__atomic_compare_exchange_n(&chunk->state, &state, CHUNK_FREEING, false, __ATOMIC_ACQ_REL,
@@ -232,9 +231,9 @@ bool tcache_free(struct code_chunk *chunk)
     }
     /* Claimed, the extent cannot change any more; read before, it could have (a free and a
      * reuse in between, a misuse). Then the traps; the lookup words stay (a find meanwhile reads
-     * the state and finds nothing: find.c). Should
-     * the traps fail (they cannot where scrub_in_lock says the scrub is stores alone), the chunk
-     * is live again, as it was, and the locked way starts over. */
+     * the state and finds nothing: find.c). Should the traps fail (they cannot where
+     * scrub_in_lock says the scrub is stores alone), the chunk is live again, as it was, and the
+     * locked way starts over. */
     if (chunk_load_extent(chunk) != extent) {
         chunk_store_state(chunk, state);
         tcache_leave(tc);
