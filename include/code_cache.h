@@ -106,18 +106,19 @@ struct code_span {
 #define CODE_CACHE_DUAL_HARDEN 0x4u
 
 /* No thread caches. By default a dual-mapped cache (not with CODE_CACHE_DUAL_HARDEN) lets each
- * thread keep the chunks of up to 1 KiB it frees, trapped, and hand them out again to its own
+ * thread keep the chunks of up to 2 KiB it frees, trapped, and hand them out again to its own
  * allocations of the same size once 1,024 later frees followed them (the quarantine), without the
  * cache's lock: one function of 64 or 256 B allocated, sealed and freed then costs 1.1-1.4x
  * less than with asmjit's JitAllocator, which keeps no W^X at all, and about the same at 1 KiB
  * (bench/README.md). code_cache_find reads a chunk's record in such a cache (a kept chunk's
- * lookup words still name it), a second memory access per lookup. A thread keeps
- * at most 2 MiB per cache; the rest, what it keeps when it exits, and everything when an allocation
- * would fail with ENOSPC or the cache is reset, goes back to the cache. Meanwhile stats count
- * those chunks as free and ready, not as free spans, and their records are reused only by their
- * thread. With this flag every free goes back to the cache at once: the placement, record and
- * quarantine rules of code_cache_alloc and code_chunk_free hold exactly, for every thread. The
- * mprotect backend has no thread caches (its free is a system call anyway). */
+ * lookup words still name it), a second memory access per lookup. A thread keeps 2 MiB per
+ * cache (up to 3 MiB where its functions average over 1 KiB); the rest, what it keeps when it
+ * exits, and everything when an allocation would fail with ENOSPC or the cache is reset, goes
+ * back to the cache. Meanwhile stats count those chunks as free and ready, not as free spans,
+ * and their records are reused only by their thread. With this flag every free goes back to
+ * the cache at once: the placement, record and quarantine rules of code_cache_alloc and
+ * code_chunk_free hold exactly, for every thread. The mprotect backend has no thread caches (its
+ * free is a system call anyway). */
 #define CODE_CACHE_NO_THREAD_CACHE 0x100u
 
 /* aarch64 with Branch Target Identification (Armv8.5 BTI): the code pages are guarded
@@ -309,7 +310,7 @@ CODE_CACHE_API int code_chunk_patch(struct code_chunk *chunk, void *rx, const vo
  * record has not been reused for a new chunk: records of freed chunks are reused oldest first,
  * and only once more than 64 are waiting. The records of a cache (56 bytes each) are kept for
  * reuse until it is destroyed: their memory is that of the most chunks alive at once, plus 64.
- * Dual backend: a chunk of up to 1 KiB with no veneers and no names is kept, trapped and with its
+ * Dual backend: a chunk of up to 2 KiB with no veneers and no names is kept, trapped and with its
  * record, by the freeing thread, for its own allocations (CODE_CACHE_NO_THREAD_CACHE). */
 CODE_CACHE_API void code_chunk_free(struct code_chunk *chunk);
 

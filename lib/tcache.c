@@ -25,13 +25,16 @@
  * what a stale pointer points to, and because a megabyte of 64-byte functions is 16,384 of them,
  * whose reuse comes back from beyond the processor's L2 cache: bench/dual's 64-byte FIFO took
  * 215 ns with a megabyte and 150 ns with 1,024 functions (medians of 11, interleaved,
- * 2026-12-02). 1,024 functions of at most 1 KiB are at most a megabyte. Beyond TCACHE_MAX the
- * oldest chunks, whatever their size, go back to the cache's index until half of it is left (one
- * lock for thousands of frees), where space.c gives whole pages back to the system in its
- * batches: only chunks past their quarantine, since the index hands spans out again at once, and
- * there are always enough of them (the last 1,024 frees are at most a megabyte). A thread's cache
- * is also given back when the thread exits, and when an allocation would fail with ENOSPC; a reset
- * takes every thread's chunks first.
+ * 2026-12-02). Beyond TCACHE_MAX the oldest chunks, whatever their size, go back to the cache's
+ * index until half of it is left (one lock for thousands of frees), where space.c gives whole
+ * pages back to the system in its batches: only chunks past their quarantine, since the index
+ * hands spans out again at once. The last 1,024 frees are at most 2 MiB (2 KiB each), more than
+ * half of TCACHE_MAX: where they are over a megabyte (functions of more than 1 KiB on average),
+ * the flush stops at them, and the next one waits until half of TCACHE_MAX more is kept
+ * (flush_above), else every free past TCACHE_MAX would take the lock to give back one chunk, the
+ * one the next allocation was about to take back. A thread keeps at most 3 MiB so (2 MiB in
+ * quarantine and 1 MiB more). A thread's cache is also given back when the thread exits, and when
+ * an allocation would fail with ENOSPC; a reset takes every thread's chunks first.
  *
  * Against other threads. The owner works between tcache_enter and tcache_leave: a flag of its own
  * (busy), set with a sequentially consistent store, then the cache's tcache_stopped read. A
@@ -75,7 +78,9 @@ struct tcache {
     /* Written by the owner (or a taker, while the owner is stopped); read by stats with the
      * owners stopped. */
     size_t granules, chunks, allocated;
-    uint32_t frees; /* chunks kept so far, the kept_at of the next one (wraps) */
+    size_t
+        flush_above; /* bytes kept past which a free flushes: TCACHE_MAX, or more (tcache_flush) */
+    uint32_t frees;  /* chunks kept so far, the kept_at of the next one (wraps) */
     struct tcache_bin bin[TCACHE_CLASSES + 1]; /* by granules; [0] unused */
 };
 
@@ -257,7 +262,7 @@ bool tcache_free(struct code_chunk *chunk)
     bin->tail = chunk->id + 1;
     bin->count++;
     tcache_count_kept(tc, n);
-    const bool full = (tc->granules << shift) > TCACHE_MAX;
+    const bool full = (tc->granules << shift) > tc->flush_above;
     tcache_leave(tc);
     if (full)
         tcache_flush(cache, tc);
@@ -306,6 +311,9 @@ static void tcache_flush(struct code_cache *cache, struct tcache *tc)
             break;
         space_put_back(cache, chunk);
     }
+    /* Stopped above half by the quarantine: the next flush once half of TCACHE_MAX more is kept. */
+    const size_t kept = tc->granules << shift;
+    tc->flush_above = kept > TCACHE_MAX / 2 ? kept + TCACHE_MAX / 2 : TCACHE_MAX;
     space_release_if_due(cache);
     cache_unlock(cache);
 }
@@ -424,7 +432,7 @@ static struct tcache *tcache_create(struct code_cache *cache)
         cache_lock(cache);
         tc = meta_alloc(&cache->meta, sizeof *tc);
         if (tc != NULL) {
-            tc->cache = cache;
+            *tc = (struct tcache){.cache = cache, .flush_above = TCACHE_MAX};
             tc->next = cache->tcaches;
             cache->tcaches = tc;
             *slot = (struct tcache_slot){cache->serial, tc};

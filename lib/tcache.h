@@ -12,8 +12,9 @@
 struct code_cache;
 struct code_chunk;
 
-/* Chunks of 1 .. TCACHE_CLASSES granules (64 B - 1 KiB with the dual backend's granule). */
-#define TCACHE_CLASSES 16
+/* Chunks of 1 .. TCACHE_CLASSES granules (64 B - 2 KiB with the dual backend's granule): a
+ * method JIT's functions, and a regex JIT's patterns (about 1.2 KB each, FACTS.md). */
+#define TCACHE_CLASSES 32
 
 /* code_cache_create: whether this cache's small frees may go to thread caches. */
 void tcache_init(struct code_cache *cache);

@@ -62,15 +62,17 @@ static void run_seed(uint64_t seed, unsigned ops)
 }
 
 /* A method JIT on one dual-mapped cache with thread caches, long enough that kept chunks come back
- * (1,024 frees after they were kept), about 3,000 of them: random sequences rarely get there, as
- * each operation picks its own. 2 x 2,104 functions of 1 B - 1 KiB on a 1 MiB cache near the
- * helper (16 s under valgrind; twice as many took 47 s). */
+ * (1,024 frees after they were kept), about 2,800 of them: random sequences rarely get there, as
+ * each operation picks its own. 2 x 2,104 functions of 1 B - 2 KiB on a 2 MiB cache near the
+ * helper, room for the 1,024 in quarantine (in 1 MiB, every allocation past them found no room
+ * and took them all back). 16 s under valgrind; twice as many took 47 s. */
 static void run_method_jit(void)
 {
-    const uint8_t methods = MODEL_OP(MOP_METHODS);
+    const uint8_t create = MODEL_OP(MOP_CREATE), methods = MODEL_OP(MOP_METHODS);
     const uint8_t bytes[] = {
-        methods, 0, 7,   6, 0, 5, 255, 1, /* creates the cache: 1 MiB, near, default reach, dual */
-        methods, 0, 255, 2,
+        create,  0, 13,  6, 0, 5, /* slot 0: 2 MiB, near the helper, default reach, dual */
+        methods, 0, 255, 1,       /* 2,104 functions, seed 1 */
+        methods, 0, 255, 2,       /* 2,104 more, seed 2 */
     };
     run_bytes(bytes, sizeof bytes, 64);
 }

@@ -474,3 +474,88 @@ Test(tcache, a_thread_keeps_at_most_two_megabytes, .init = need_thread_caches)
     code_chunk_free(c);
     code_cache_destroy(cache);
 }
+
+/* n chunks of size, each followed by a live 64-byte chunk in pins (so that each, given back, is a
+ * span of its own). */
+static struct code_chunk **pinned_chunks(struct code_cache *cache, size_t n, size_t size,
+                                         struct code_chunk **pins)
+{
+    struct code_chunk **chunks = calloc(n, sizeof *chunks);
+    cr_assert_not_null(chunks);
+    for (size_t i = 0; i < n; i++) {
+        chunks[i] = code_cache_alloc(cache, size);
+        pins[i] = code_cache_alloc(cache, 64);
+        cr_assert(chunks[i] != NULL && pins[i] != NULL, "alloc: errno %d", errno);
+    }
+    return chunks;
+}
+
+/* Functions of 2 KiB: the last 1,024 frees are 2 MiB, all in quarantine, so the flush past 2 MiB
+ * gives back only what is past it, and the next waits for 1 MiB more kept. Without that wait,
+ * every free past 2 MiB would take the lock and give back one chunk. free_spans counts what
+ * went back. */
+Test(tcache, functions_over_a_kilobyte_flush_once_per_megabyte, .init = need_thread_caches)
+{
+    struct code_cache *cache = dual_cache(16 * MIB, 0);
+    enum { N = 1538, SIZE = 2048 };
+    struct code_chunk **pins = calloc(N, sizeof *pins);
+    cr_assert_not_null(pins);
+    struct code_chunk **chunks = pinned_chunks(cache, N, SIZE, pins);
+    struct code_cache_stats st;
+    /* 1,025 frees: 2 MiB + 2 KiB kept; the two chunks past their quarantine go back. Then
+     * 2 MiB - 2 KiB are kept, and nothing more goes back until 1 MiB more is. */
+    for (size_t i = 0; i < N - 1; i++)
+        code_chunk_free(chunks[i]);
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_spans, 2, "given back: %zu chunks, not 2", st.free_spans);
+    cr_assert_eq(st.free_ready, (N - 1) * SIZE);
+    /* 1,536 kept, 3 MiB: past 2 MiB - 2 KiB + 1 MiB. The 513 past their quarantine (the
+     * 1,538th free stamped 1,537: those stamped up to 514) go back, and 1,023 are left. */
+    code_chunk_free(chunks[N - 1]);
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_spans, 2 + 513, "given back: %zu chunks, not 515", st.free_spans);
+    cr_assert_eq(st.free_ready, N * SIZE);
+    for (size_t i = 0; i < N; i++)
+        code_chunk_free(pins[i]);
+    free(chunks);
+    free(pins);
+    code_cache_destroy(cache);
+}
+
+/* Once a flush gets down to 1 MiB again, the next one is past 2 MiB again, not past the 3 MiB a
+ * quarantine of 2 KiB functions had set. */
+Test(tcache, the_flush_comes_back_to_two_megabytes, .init = need_thread_caches)
+{
+    struct code_cache *cache = dual_cache(16 * MIB, 0);
+    enum { BIG = 1025, SMALL = 2 * 16385 };
+    struct code_chunk **pins = calloc(BIG + SMALL, sizeof *pins);
+    cr_assert_not_null(pins);
+    struct code_chunk **big = pinned_chunks(cache, BIG, 2048, pins);
+    struct code_chunk **small = pinned_chunks(cache, SMALL, 64, pins + BIG);
+    struct code_cache_stats st;
+    /* 2 MiB + 2 KiB kept: 2 past their quarantine go back; the next flush past 3 MiB - 2 KiB. */
+    for (size_t i = 0; i < BIG; i++)
+        code_chunk_free(big[i]);
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_spans, 2);
+    /* 16,385 x 64 B more is past it: the 1,023 of 2 KiB and one of 64 B go back, 1 MiB is left. */
+    for (size_t i = 0; i < SMALL / 2; i++)
+        code_chunk_free(small[i]);
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_spans, 2 + 1023 + 1);
+    /* 1 MiB more is 2 MiB, not past it; 64 B more is, and 16,385 go back to leave 1 MiB. */
+    for (size_t i = SMALL / 2; i < SMALL - 1; i++)
+        code_chunk_free(small[i]);
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_spans, 1026, "given back before 2 MiB were kept");
+    code_chunk_free(small[SMALL - 1]);
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_spans, 1026 + 16385, "not given back past 2 MiB: %zu spans",
+                 st.free_spans);
+    for (size_t i = 0; i < BIG + SMALL; i++)
+        code_chunk_free(pins[i]);
+    free(big);
+    free(small);
+    free(pins);
+    code_cache_destroy(cache);
+}

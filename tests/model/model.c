@@ -1402,7 +1402,7 @@ static void op_free(struct model *m, struct model_input *in)
         free_checked(m, ch);
 }
 
-/* A method JIT on one cache: one function at a time, allocated and freed, of 1 B - 1 KiB (the
+/* A method JIT on one cache: one function at a time, allocated and freed, of 1 B - 2 KiB (the
  * sizes thread caches keep), enough of them (64 - 2,104) that kept chunks come back once 1,024
  * frees followed them, and, in a small cache, that allocations find no room and take back what
  * the thread keeps. Every fourth is written, sealed and run before its free: with every one, the

@@ -70,7 +70,7 @@ enum model_op {
     MOP_STALE,       /* stale handle, what: calls on a freed or reset chunk */
     MOP_MISUSE,      /* slot, what: NULL and bad arguments */
     MOP_NAME,        /* chunk, function: code_chunk_name, once the library has it */
-    /* slot, count, seed: a method JIT's burst, 64 - 2,104 functions of up to 1 KiB made, run and
+    /* slot, count, seed: a method JIT's burst, 64 - 2,104 functions of up to 2 KiB made, run and
      * freed one at a time (thread caches). Only as a direct byte (MODEL_OP): its weight is 0, so
      * that random bytes decode as they did before it existed (the corpus, the regressions). */
     MOP_METHODS,

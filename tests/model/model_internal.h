@@ -25,10 +25,11 @@
 #define MODEL_QUARANTINE_HOLES 512
 /* Freed bytes still committed from which allocations are served first (CACHE_READY_QUARANTINE). */
 #define MODEL_READY_QUARANTINE ((size_t)1 << 20)
-/* Thread caches (lib/tcache.c): chunks of up to 1 KiB are kept by the thread that frees them,
+/* Thread caches (lib/tcache.c): chunks of up to 2 KiB are kept by the thread that frees them,
  * handed out again to it once 1,024 more of its frees followed, and given back to the index
- * beyond 2 MiB kept (the oldest past their quarantine, down to 1 MiB). */
-#define MODEL_TCACHE_CHUNK_MAX  ((size_t)1024)
+ * beyond 2 MiB kept (the oldest past their quarantine, down to 1 MiB; where the quarantine holds
+ * more, the next flush waits for 1 MiB more kept). */
+#define MODEL_TCACHE_CHUNK_MAX  ((size_t)2048)
 #define MODEL_TCACHE_QUARANTINE 1024u
 #define MODEL_TCACHE_MAX        ((size_t)2 << 20)
 
@@ -139,6 +140,7 @@ struct mcache {
     struct mkept *kept;
     unsigned nkept, kept_cap;
     size_t kept_bytes;
+    size_t kept_flush_above; /* 0: MODEL_TCACHE_MAX */
     uint32_t kept_frees;
 };
 

@@ -136,8 +136,9 @@ void model_kept_give_back_all(struct model *m, struct mcache *c, uint64_t *count
     }
 }
 
-/* Past MODEL_TCACHE_MAX kept: the oldest, whatever their sizes, down to half of it, each past its
- * quarantine (the kept array is in the order of the frees). */
+/* Past MODEL_TCACHE_MAX kept (or what the last flush set): the oldest, whatever their sizes, down
+ * to half of it, each past its quarantine (the kept array is in the order of the frees). Stopped
+ * above half by the quarantine, the next flush waits for half of MODEL_TCACHE_MAX more. */
 static void kept_flush(struct model *m, struct mcache *c)
 {
     while (c->kept_bytes > MODEL_TCACHE_MAX / 2 &&
@@ -145,6 +146,9 @@ static void kept_flush(struct model *m, struct mcache *c)
         kept_give_back(m, c, 0);
         m->tcache.given_back_full++;
     }
+    c->kept_flush_above = c->kept_bytes > MODEL_TCACHE_MAX / 2
+                              ? c->kept_bytes + MODEL_TCACHE_MAX / 2
+                              : MODEL_TCACHE_MAX;
 }
 
 /* The chunk h at [off, +size) was freed: kept by the thread cache when it may be (keepable: no
@@ -170,7 +174,7 @@ void model_freed_record(struct model *m, struct mcache *c, struct code_chunk *h,
     c->kept[c->nkept++] = (struct mkept){h, off, size, c->kept_frees++};
     c->kept_bytes += size;
     m->tcache.kept++;
-    if (c->kept_bytes > MODEL_TCACHE_MAX)
+    if (c->kept_bytes > (c->kept_flush_above ? c->kept_flush_above : MODEL_TCACHE_MAX))
         kept_flush(m, c);
 }
 
