@@ -696,13 +696,14 @@ static void patch_bench(int reps)
     fflush(stdout);
 }
 
-/* dual SIZE (64, 256, 1024 or 4096) measures one size; dual patch the patches; no argument, all of
+/* dual SIZE (64, 256, 1024, 1216 or 4096; 1,216 bytes is a regex JIT's pattern, FACTS.md)
+ * measures one size; dual patch the patches; no argument, all of
  * it. make bench-run runs each part in a process of its own, so that every cache gets a new
  * jemalloc arena rather than one reused from the pool (whose pages stay resident, which would
  * hide bookkeeping from the Pss difference). */
 int main(int argc, char **argv)
 {
-    static const size_t sizes[] = {64, 256, 1024, 4096};
+    static const size_t sizes[] = {64, 256, 1024, 1216, 4096};
     bench_header("bench/dual: one function at a time, dual-mapped vs mprotect vs asmjit");
     int reps = bench_reps(7);
 #ifdef BENCH_HAVE_ASMJIT
