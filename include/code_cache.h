@@ -109,8 +109,8 @@ struct code_span {
  * thread keep the chunks of up to 2 KiB it frees, trapped, and hand them out again to its own
  * allocations of the same size once 1,024 later frees followed them (the quarantine), without the
  * cache's lock: one function of 64 or 256 B allocated, sealed and freed then costs 1.1-1.4x
- * less than with asmjit's JitAllocator, which keeps no W^X at all, and about the same at 1 KiB
- * (bench/README.md). code_cache_find reads a chunk's record in such a cache (a kept chunk's
+ * less than with asmjit's JitAllocator, which keeps no W^X at all, about the same at 1 KiB and
+ * 1.0-1.5x less at 1,216 B, a regex JIT's pattern (bench/README.md). code_cache_find reads a chunk's record in such a cache (a kept chunk's
  * lookup words still name it), a second memory access per lookup. A thread keeps 2 MiB per
  * cache (up to 3 MiB where its functions average over 1 KiB); the rest, what it keeps when it
  * exits, and everything when an allocation would fail with ENOSPC or the cache is reset, goes
