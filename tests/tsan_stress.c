@@ -333,7 +333,7 @@ static void *racer_reset(void *arg)
     return NULL;
 }
 
-/* One function at a time, 64 B - 1 KiB, up to `keep` alive (a ring, oldest freed first); when
+/* One function at a time, 64 B - 2 KiB, up to `keep` alive (a ring, oldest freed first); when
  * the cache is full, half of them are freed. Every function returns its own value. */
 static void methods_churn(uint64_t seed, size_t ops, size_t keep)
 {
@@ -349,7 +349,7 @@ static void methods_churn(uint64_t seed, size_t ops, size_t keep)
             head = (head + 1) % 512;
             count--;
         }
-        size_t size = 64 + next_random(&rng) % 961;
+        size_t size = 64 + next_random(&rng) % 1985;
         struct code_chunk *c = code_cache_alloc(methods, size);
         if (c == NULL) {
             if (errno != ENOSPC)
