@@ -32,9 +32,10 @@
  * half of TCACHE_MAX: where they are over a megabyte (functions of more than 1 KiB on average),
  * the flush stops at them, and the next one waits until half of TCACHE_MAX more is kept
  * (flush_above), else every free past TCACHE_MAX would take the lock to give back one chunk, the
- * one the next allocation was about to take back. A thread keeps at most 3 MiB so (2 MiB in
- * quarantine and 1 MiB more). A thread's cache is also given back when the thread exits, and when
- * an allocation would fail with ENOSPC; a reset takes every thread's chunks first.
+ * one the next allocation was about to take back. A thread keeps at most 3 MiB so (up to 2 MiB
+ * in quarantine and 1 MiB more); giving everything back (exit, ENOSPC, reset) lowers it again. A
+ * thread's cache is also given back when the thread exits, and when an allocation would fail with
+ * ENOSPC; a reset takes every thread's chunks first.
  *
  * Against other threads. The owner works between tcache_enter and tcache_leave: a flag of its own
  * (busy), set with a sequentially consistent store, then the cache's tcache_stopped read. A
@@ -271,7 +272,8 @@ bool tcache_free(struct code_chunk *chunk)
 
 /* ---- Giving chunks back (the cache's lock held) ---- */
 
-/* Every kept chunk back to the cache's index, size by size, oldest first; the granules. */
+/* Every kept chunk back to the cache's index, size by size, oldest first; the granules. Nothing
+ * is left in quarantine: the next flush is past TCACHE_MAX again. */
 static size_t tcache_give_back_all(struct code_cache *cache, struct tcache *tc)
 {
     size_t granules = 0;
@@ -281,13 +283,14 @@ static size_t tcache_give_back_all(struct code_cache *cache, struct tcache *tc)
             space_put_back(cache, chunk);
             granules += n;
         }
+    tc->flush_above = TCACHE_MAX;
     return granules;
 }
 
-/* The owner, past TCACHE_MAX: the oldest chunks of all sizes, down to half of it. Not "the oldest
- * half of every size": in a size with few chunks that would give back one freed a moment ago,
- * which the index may hand out again at once (the lowest freed span that fits). Holding the lock
- * keeps takers out (they hold it too), and the owner is this thread. */
+/* The owner, past flush_above: the oldest chunks of all sizes, down to half of TCACHE_MAX. Not "the
+ * oldest half of every size": in a size with few chunks that would give back one freed a moment
+ * ago, which the index may hand out again at once (the lowest freed span that fits). Holding the
+ * lock keeps takers out (they hold it too), and the owner is this thread. */
 static void tcache_flush(struct code_cache *cache, struct tcache *tc)
 {
     const unsigned shift = cache->granule_shift;
@@ -305,7 +308,8 @@ static void tcache_flush(struct code_cache *cache, struct tcache *tc)
                 oldest = n;
             }
         }
-        /* Past its quarantine, as every chunk beyond the last megabyte of frees is. */
+        /* Past its quarantine, or the flush stops here (the last 1,024 frees are over half of
+         * TCACHE_MAX: functions of more than 1 KiB on average). */
         struct code_chunk *chunk = oldest != 0 ? tcache_pop(cache, tc, oldest, true) : NULL;
         if (chunk == NULL)
             break;

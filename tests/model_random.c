@@ -62,17 +62,21 @@ static void run_seed(uint64_t seed, unsigned ops)
 }
 
 /* A method JIT on one dual-mapped cache with thread caches, long enough that kept chunks come back
- * (1,024 frees after they were kept), about 2,800 of them: random sequences rarely get there, as
- * each operation picks its own. 2 x 2,104 functions of 1 B - 2 KiB on a 2 MiB cache near the
- * helper, room for the 1,024 in quarantine (in 1 MiB, every allocation past them found no room
- * and took them all back). 16 s under valgrind; twice as many took 47 s. */
+ * (1,024 frees after they were kept), about 1,700 of them: random sequences rarely get there, as
+ * each operation picks its own. Then functions growing from 64 B to 2 KiB: what the thread keeps
+ * passes 2 MiB, and the flush stops at a quarantine of over 1 MiB (the next flush past 3 MiB); a
+ * reset, after which the next flush is past 2 MiB again; the growing sizes once more. 4 x 2,104
+ * functions of 1 B - 2 KiB on a 3 MiB cache near the helper (about 30 s under valgrind). */
 static void run_method_jit(void)
 {
-    const uint8_t create = MODEL_OP(MOP_CREATE), methods = MODEL_OP(MOP_METHODS);
+    const uint8_t create = MODEL_OP(MOP_CREATE), methods = MODEL_OP(MOP_METHODS),
+                  reset = MODEL_OP(MOP_RESET);
     const uint8_t bytes[] = {
-        create,  0, 13,  6, 0, 5, /* slot 0: 2 MiB, near the helper, default reach, dual */
-        methods, 0, 255, 1,       /* 2,104 functions, seed 1 */
-        methods, 0, 255, 2,       /* 2,104 more, seed 2 */
+        create,  0, 11,  6,    0, 5, /* slot 0: 3 MiB, near the helper, default reach, dual */
+        methods, 0, 255, 1,          /* 2,104 functions of random sizes, seed 1 */
+        methods, 0, 255, 0x80,       /* 2,104 of growing sizes */
+        reset,   0,                  /* the thread's kept chunks back, its next flush at 2 MiB */
+        methods, 0, 255, 0x81,       /* 2,104 of growing sizes again */
     };
     run_bytes(bytes, sizeof bytes, 64);
 }
@@ -138,6 +142,12 @@ int main(int argc, char **argv)
         run_method_jit();
         if (total_tcache.handed_out == before.handed_out) {
             fprintf(stderr, "model_random: the method JIT got no kept chunk back\n");
+            return 1;
+        }
+        if (total_tcache.given_back_full == before.given_back_full ||
+            total_tcache.given_back_reset == before.given_back_reset) {
+            fprintf(stderr, "model_random: the method JIT's thread cache was not flushed, or not "
+                            "reset\n");
             return 1;
         }
         for (uint64_t seed = 1; seed <= 3; seed++)

@@ -559,3 +559,32 @@ Test(tcache, the_flush_comes_back_to_two_megabytes, .init = need_thread_caches)
     free(pins);
     code_cache_destroy(cache);
 }
+
+/* Giving everything back (here a reset) leaves nothing in quarantine: the next flush is past
+ * 2 MiB again, not past the 3 MiB a quarantine of 2 KiB functions had set before it. */
+Test(tcache, a_reset_brings_the_flush_back_to_two_megabytes, .init = need_thread_caches)
+{
+    struct code_cache *cache = dual_cache(16 * MIB, 0);
+    enum { BIG = 1025, SMALL = 32769 };
+    struct code_chunk **pins = calloc(SMALL, sizeof *pins);
+    cr_assert_not_null(pins);
+    struct code_chunk **big = pinned_chunks(cache, BIG, 2048, pins);
+    for (size_t i = 0; i < BIG; i++)
+        code_chunk_free(big[i]);
+    struct code_cache_stats st;
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_spans, 2, "the flush stopped at the quarantine");
+    cr_assert_eq(code_cache_reset(cache), 0);
+    /* 2 MiB + 64 B kept: past 2 MiB, 16,385 go back to leave 1 MiB. */
+    struct code_chunk **small = pinned_chunks(cache, SMALL, 64, pins);
+    for (size_t i = 0; i < SMALL; i++)
+        code_chunk_free(small[i]);
+    code_cache_get_stats(cache, &st);
+    cr_assert_eq(st.free_spans, 16385, "not given back past 2 MiB: %zu spans", st.free_spans);
+    for (size_t i = 0; i < SMALL; i++)
+        code_chunk_free(pins[i]);
+    free(big);
+    free(small);
+    free(pins);
+    code_cache_destroy(cache);
+}

@@ -124,6 +124,7 @@ static void kept_give_back(struct model *m, struct mcache *c, unsigned i)
  * room, a reset). */
 void model_kept_give_back_all(struct model *m, struct mcache *c, uint64_t *counted)
 {
+    c->kept_flush_above = 0; /* past MODEL_TCACHE_MAX again: nothing is left in quarantine */
     for (size_t n = c->granule; n <= MODEL_TCACHE_CHUNK_MAX; n += c->granule) {
         for (unsigned i = 0; i < c->nkept;) {
             if (c->kept[i].size == n) {
