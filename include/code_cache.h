@@ -110,15 +110,15 @@ struct code_span {
  * allocations of the same size once 1,024 later frees followed them (the quarantine), without the
  * cache's lock: one function of 64 or 256 B allocated, sealed and freed then costs 1.1-1.4x
  * less than with asmjit's JitAllocator, which keeps no W^X at all, about the same at 1 KiB and
- * 1.0-1.5x less at 1,216 B, a regex JIT's pattern (bench/README.md). code_cache_find reads a chunk's record in such a cache (a kept chunk's
- * lookup words still name it), a second memory access per lookup. A thread keeps 2 MiB per
- * cache (up to 3 MiB where its functions average over 1 KiB); the rest, what it keeps when it
- * exits, and everything when an allocation would fail with ENOSPC or the cache is reset, goes
- * back to the cache. Meanwhile stats count those chunks as free and ready, not as free spans,
- * and their records are reused only by their thread. With this flag every free goes back to
- * the cache at once: the placement, record and quarantine rules of code_cache_alloc and
- * code_chunk_free hold exactly, for every thread. The mprotect backend has no thread caches (its
- * free is a system call anyway). */
+ * 1.0-1.5x less at 1,216 B, a regex JIT's pattern (bench/README.md). code_cache_find reads a
+ * chunk's record in such a cache (a kept chunk's lookup words still name it), a second memory
+ * access per lookup. A thread keeps 2 MiB per cache (up to 3 MiB where its functions average
+ * over 1 KiB); the rest, what it keeps when it exits, and everything when an allocation would
+ * fail with ENOSPC or the cache is reset, goes back to the cache. Meanwhile stats count those
+ * chunks as free and ready, not as free spans, and their records are reused only by their
+ * thread. With this flag every free goes back to the cache at once: the placement, record and
+ * quarantine rules of code_cache_alloc and code_chunk_free hold exactly, for every thread. The
+ * mprotect backend has no thread caches (its free is a system call anyway). */
 #define CODE_CACHE_NO_THREAD_CACHE 0x100u
 
 /* aarch64 with Branch Target Identification (Armv8.5 BTI): the code pages are guarded

@@ -33,9 +33,9 @@
  * the flush stops at them, and the next one waits until half of TCACHE_MAX more is kept
  * (flush_above), else every free past TCACHE_MAX would take the lock to give back one chunk, the
  * one the next allocation was about to take back. A thread keeps at most 3 MiB so (up to 2 MiB
- * in quarantine and 1 MiB more); giving everything back (exit, ENOSPC, reset) lowers it again. A
- * thread's cache is also given back when the thread exits, and when an allocation would fail with
- * ENOSPC; a reset takes every thread's chunks first.
+ * in quarantine and 1 MiB more), until a flush gets down to 1 MiB again or everything goes back:
+ * a thread's cache is also given back when the thread exits, and when an allocation would fail
+ * with ENOSPC; a reset takes every thread's chunks first.
  *
  * Against other threads. The owner works between tcache_enter and tcache_leave: a flag of its own
  * (busy), set with a sequentially consistent store, then the cache's tcache_stopped read. A
@@ -79,9 +79,8 @@ struct tcache {
     /* Written by the owner (or a taker, while the owner is stopped); read by stats with the
      * owners stopped. */
     size_t granules, chunks, allocated;
-    size_t
-        flush_above; /* bytes kept past which a free flushes: TCACHE_MAX, or more (tcache_flush) */
-    uint32_t frees;  /* chunks kept so far, the kept_at of the next one (wraps) */
+    size_t flush_above; /* bytes kept past which a free flushes (tcache_flush) */
+    uint32_t frees;     /* chunks kept so far, the kept_at of the next one (wraps) */
     struct tcache_bin bin[TCACHE_CLASSES + 1]; /* by granules; [0] unused */
 };
 
@@ -287,10 +286,10 @@ static size_t tcache_give_back_all(struct code_cache *cache, struct tcache *tc)
     return granules;
 }
 
-/* The owner, past flush_above: the oldest chunks of all sizes, down to half of TCACHE_MAX. Not "the
- * oldest half of every size": in a size with few chunks that would give back one freed a moment
- * ago, which the index may hand out again at once (the lowest freed span that fits). Holding the
- * lock keeps takers out (they hold it too), and the owner is this thread. */
+/* The owner, past flush_above: the oldest chunks of all sizes, down to half of TCACHE_MAX. Not
+ * "the oldest half of every size": in a size with few chunks that would give back one freed a
+ * moment ago, which the index may hand out again at once (the lowest freed span that fits).
+ * Holding the lock keeps takers out (they hold it too), and the owner is this thread. */
 static void tcache_flush(struct code_cache *cache, struct tcache *tc)
 {
     const unsigned shift = cache->granule_shift;
