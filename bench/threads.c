@@ -117,9 +117,13 @@ int main(void)
                size, FUNCTIONS);
         for (int threads = 1; threads <= MAX_THREADS; threads++) {
             struct bench_samples with = {0}, without = {0};
+            /* Each goes first in every other repetition: no fixed order to favour one. */
             for (int rep = 0; rep < reps; rep++) {
-                bench_add(&with, turn(size, threads, 0, tmpl));
+                if (rep % 2 == 0)
+                    bench_add(&with, turn(size, threads, 0, tmpl));
                 bench_add(&without, turn(size, threads, CODE_CACHE_NO_THREAD_CACHE, tmpl));
+                if (rep % 2 == 1)
+                    bench_add(&with, turn(size, threads, 0, tmpl));
             }
             struct bench_summary ws = bench_summarize(&with), wo = bench_summarize(&without);
             char name[2][96];

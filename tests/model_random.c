@@ -64,9 +64,10 @@ static void run_seed(uint64_t seed, unsigned ops)
 /* A method JIT on one dual-mapped cache with thread caches, long enough that kept chunks come back
  * (1,024 frees after they were kept), about 1,700 of them: random sequences rarely get there, as
  * each operation picks its own. Then functions growing from 64 B to 2 KiB: what the thread keeps
- * passes 2 MiB, and the flush stops at a quarantine of over 1 MiB (the next flush past 3 MiB); a
- * reset, after which the next flush is past 2 MiB again; the growing sizes once more. 4 x 2,104
- * functions of 1 B - 2 KiB on a 3 MiB cache near the helper (about 30 s under valgrind). */
+ * passes 2 MiB, and the flush stops at a quarantine of over 1 MiB (the next flush then 1 MiB
+ * past what is left, not reached here: tests/tcache reaches it); a reset, after which the next
+ * flush is past 2 MiB again; the growing sizes once more. 3 x 2,104 functions of 1 B - 2 KiB on
+ * a 3 MiB cache near the helper (about 25 s under valgrind). */
 static void run_method_jit(void)
 {
     const uint8_t create = MODEL_OP(MOP_CREATE), methods = MODEL_OP(MOP_METHODS),
