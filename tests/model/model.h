@@ -118,8 +118,8 @@ uint64_t model_calls(const struct model *m);
 unsigned model_caches(const struct model *m);
 
 /* What the thread caches of the model's caches did, as the model predicted it: frees kept,
- * chunks handed out again, chunks given back to the index (past 2 MiB kept, or 3 MiB after a
- * flush the quarantine stopped; when an allocation found no room; at a reset). */
+ * chunks handed out again, chunks given back to the index (past 2 MiB kept, or 1 MiB past what
+ * a flush the quarantine stopped left; when an allocation found no room; at a reset). */
 struct model_tcache_counts {
     uint64_t kept, handed_out, given_back_full, given_back_no_room, given_back_reset;
 };
